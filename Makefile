@@ -1,0 +1,32 @@
+# latentlm: the two set-up commands are `make train` and `make test`; both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel that lies on these machines' disk; a plain `torch` would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+
+.PHONY: install train test lint bench-data bench-train bench-decode wheelhouse clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# Generates the default stories and tokenizer when absent, then trains the default model (CPU or GPU).
+train: $(STAMP)
+	$(PY) -m latentlm.train $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check latentlm scripts tests
+
+clean:
+	rm -rf $(VENV) data logs outputs wandb

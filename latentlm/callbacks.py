@@ -1,0 +1,109 @@
+"""Training callbacks: throughput (tokens/s, MFU) and plain progress lines for logs that are not a terminal."""
+
+import logging
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.throughput import measure_flops
+from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peak per chip, by the vendor's datasheet (Lightning's own table has been wrong for the H200).
+PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The dense bf16 peak of a known GPU when training in bf16, else None (no MFU is reported)."""
+    if device.type != "cuda" or not precision.startswith("bf16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def train_flops_per_token(build_net: Callable[[], torch.nn.Module], seq_len: int) -> float:
+    """Forward + backward FLOPs per token of one sequence, counted on a meta-device copy (no memory, no time)."""
+    with torch.device("meta"):
+        net = build_net()
+        x = torch.zeros(1, seq_len, dtype=torch.long)
+    return measure_flops(net, lambda: net(x), lambda y: y.float().sum()) / seq_len
+
+
+class Throughput(Callback):
+    """Logs perf/tokens_per_s and perf/mfu over windows of `window` steps.
+
+    The window is timed on the host at its ends only, with no synchronisation inside the training step: the
+    host can run ahead of the GPU by the depth of the launch queue, a small error over a long window.
+    """
+
+    def __init__(self, window: int = 50):
+        self.window = window
+        self.flops_per_token: float | None = None
+        self.peak: float | None = None
+        self._t0: float | None = None
+        self._tokens = 0  # since _t0
+        self._timed_tokens, self._timed_s = 0, 0.0  # every timed stretch, for the run's mean rate
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.peak = peak_flops(pl_module.device, str(trainer.precision))
+        self._t0, self._tokens = None, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._tokens += batch[0].numel()
+        step = trainer.global_step
+        if self._t0 is None:  # first step: compilation and warm-up stay out of the numbers
+            self._t0, self._tokens = time.perf_counter(), 0
+            return
+        if step % self.window:
+            return
+        rate = self._close_stretch()
+        metrics = {"perf/tokens_per_s": rate}
+        if self.peak and self.flops_per_token:
+            metrics["perf/mfu"] = rate * self.flops_per_token / self.peak
+        pl_module.log_dict(metrics)
+
+    def _close_stretch(self) -> float:
+        now = time.perf_counter()
+        rate = self._tokens / (now - self._t0)
+        self._timed_tokens += self._tokens
+        self._timed_s += now - self._t0
+        self._t0, self._tokens = now, 0
+        return rate
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self._t0 is not None and self._tokens:
+            self._close_stretch()
+        self._t0 = None  # validation time is not training throughput
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.on_validation_start(trainer, pl_module)
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Tokens over seconds of every timed stretch of the run (first step after each validation excluded)."""
+        return self._timed_tokens / self._timed_s if self._timed_s else None
+
+
+class PlainProgress(Callback):
+    """One log line every `every` steps and after each validation, for runs whose output is not a terminal."""
+
+    def __init__(self, every: int = 50):
+        self.every = every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 or step == trainer.max_steps:
+            metrics = trainer.callback_metrics
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            rate = metrics.get("perf/tokens_per_s")
+            log.info("step %d/%d  train/loss %.4f  lr %.2e%s", step, trainer.max_steps,
+                     float(outputs["loss"]), lr, f"  tokens/s {float(rate):,.0f}" if rate is not None else "")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        log.info("step %d  val/loss %.4f  val/ppl %.2f  val/acc %.4f", trainer.global_step,
+                 float(m["val/loss"]), float(m["val/ppl"]), float(m["val/acc"]))

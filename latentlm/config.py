@@ -1,0 +1,77 @@
+"""Config helpers: resolvers, the one-line checks that run before any work, and CLI group-choice checks."""
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+GROUPS = ("model", "attention", "data", "tokenizer", "optimizer", "scheduler", "trainer", "logger",
+          "callbacks", "paths", "experiment")
+
+
+class ConfigError(ValueError):
+    """A bad config value: the message is one line naming the key, the value and what is allowed."""
+
+
+def register_resolvers() -> None:
+    """`${lm.wandb_offline:}`: W&B stays offline unless the user has an API key."""
+    if not OmegaConf.has_resolver("lm.wandb_offline"):
+        OmegaConf.register_new_resolver("lm.wandb_offline", lambda: not os.environ.get("WANDB_API_KEY"))
+
+
+def group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def check_cli_choices(argv: list[str]) -> None:
+    """Reject an unknown config-group option (e.g. attention=foo, also inside a multirun list) in one line."""
+    for arg in argv:
+        match = re.fullmatch(r"([a-z_]+)=(.+)", arg)
+        if not match or match.group(1) not in GROUPS:
+            continue
+        group, value = match.groups()
+        for choice in re.split(r"\s*,\s*", value):
+            if choice not in group_choices(group) and choice != "null":
+                raise ConfigError(f"{group}={choice} is not a known {group}; choose one of: "
+                                  f"{', '.join(group_choices(group))}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the values that would otherwise fail deep inside training, before any work starts."""
+    if not 0 < cfg.rank <= 1:
+        raise ConfigError(f"rank={cfg.rank} is outside (0, 1]; the latent dim is rank x d_model")
+    m, att = cfg.model, cfg.attention
+    if m.d_model % m.n_head:
+        raise ConfigError(f"model.n_head={m.n_head} does not divide model.d_model={m.d_model}; "
+                          f"choose n_head in {{{', '.join(str(h) for h in _divisors(m.d_model))}}}")
+    if att.get("n_kv_heads") is not None and (att.n_kv_heads < 1 or m.n_head % att.n_kv_heads):
+        raise ConfigError(f"attention.n_kv_heads={att.n_kv_heads} does not divide model.n_head={m.n_head}; "
+                          f"choose one of {{{', '.join(str(h) for h in _divisors(m.n_head))}}}")
+    if att.type == "latent":
+        latent = round(cfg.rank * m.d_model)
+        if att.get("n_blocks", 1) < 1 or latent % att.get("n_blocks", 1):
+            raise ConfigError(f"attention.n_blocks={att.n_blocks} does not divide the latent dim "
+                              f"{latent} (rank={cfg.rank} x d_model={m.d_model})")
+    if cfg.data.seq_len > m.block_size:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} is longer than the context "
+                          f"model.block_size={m.block_size}; use data.seq_len <= {m.block_size}")
+    if cfg.data.source == "text":
+        from latentlm.data.pipeline import text_files
+
+        try:
+            text_files(OmegaConf.to_container(cfg.data, resolve=True))
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def fail(err: Exception) -> None:
+    """Print a config error as one line and exit with status 2."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)

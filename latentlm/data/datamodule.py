@@ -1,0 +1,69 @@
+"""LightningDataModule over the packed token files: fixed-length windows, shuffled for training."""
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from latentlm.data.pipeline import TokenCache, build_cache
+
+
+class PackedTokens(Dataset):
+    """Non-overlapping windows of seq_len + 1 tokens from a flat token file: (inputs, next-token targets)."""
+
+    def __init__(self, path: Path, seq_len: int, dtype: np.dtype):
+        self.tokens = np.memmap(path, dtype=dtype, mode="r")
+        self.seq_len = seq_len
+        if len(self) == 0:
+            raise ValueError(f"{path} holds {self.tokens.size} tokens, fewer than data.seq_len + 1 = {seq_len + 1}")
+
+    def __len__(self) -> int:
+        return (self.tokens.size - 1) // self.seq_len
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = i * self.seq_len
+        window = torch.from_numpy(self.tokens[start : start + self.seq_len + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+
+class StoryDataModule(L.LightningDataModule):
+    """Builds (or reuses) the token cache for a data + tokenizer config and serves train/val batches."""
+
+    def __init__(self, cache_dir: str, tokenizer: dict[str, Any], seq_len: int, batch_size: int,
+                 num_workers: int = 0, num_proc: int | None = None, **source: Any):
+        super().__init__()
+        self.cache_dir, self.tokenizer_cfg, self.source_cfg = Path(cache_dir), dict(tokenizer), dict(source)
+        self.seq_len, self.batch_size, self.num_workers, self.num_proc = seq_len, batch_size, num_workers, num_proc
+        self.cache: TokenCache | None = None
+
+    def prepare_data(self) -> None:
+        if self.cache is None:
+            self.cache = build_cache(self.cache_dir, self.source_cfg, self.tokenizer_cfg, self.num_proc)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+        self.train_set = PackedTokens(self.cache.split_path("train"), self.seq_len, self.cache.dtype)
+        self.val_set = PackedTokens(self.cache.split_path("val"), self.seq_len, self.cache.dtype)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cache.meta["vocab_size"]
+
+    @property
+    def entropy_floor(self) -> float | None:
+        """Nats per token no model can beat on the validation split (known for synthetic stories only)."""
+        return self.cache.meta["splits"]["val"].get("entropy_floor")
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

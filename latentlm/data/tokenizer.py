@@ -1,0 +1,69 @@
+"""Tokenizers, all used through tiktoken: a BPE trained on the training stories, GPT-2's, and raw bytes.
+
+The BPE is trained with HF tokenizers' byte-level BPE trainer and saved in tiktoken's rank format
+(base64 token, rank), so every encode and decode in latentlm goes through one `tiktoken.Encoding`.
+"""
+
+import base64
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers.pre_tokenizers import ByteLevel
+
+EOT = "<|endoftext|>"
+# GPT-2's pre-tokenisation regex; HF's ByteLevel(use_regex=True) splits with the same pattern.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+KINDS = ("bpe", "gpt2", "bytes")
+
+
+def _unicode_to_byte() -> dict[str, int]:
+    """Inverse of GPT-2's bytes_to_unicode: byte-level BPE tokens are strings of these stand-in characters."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
+    return dict(zip(chars, printable + extra))
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, path: Path, show_progress: bool = False) -> None:
+    """Train a byte-level BPE of `vocab_size` tokens (including EOT) and save it as a tiktoken rank file."""
+    if vocab_size <= 257:
+        raise ValueError(f"tokenizer.vocab_size={vocab_size} must exceed 257 (256 bytes + <|endoftext|>)")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1, initial_alphabet=ByteLevel.alphabet(), show_progress=show_progress
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    # HF assigns ids in merge order after the 256-byte alphabet, which is exactly tiktoken's rank order.
+    to_byte = _unicode_to_byte()
+    ranks = {bytes(to_byte[c] for c in token): i for token, i in tokenizer.get_vocab().items()}
+    # tiktoken's rank format, one "base64(token) rank" a line (its own dump_tiktoken_bpe needs blobfile).
+    lines = (f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+    path.write_text("".join(lines))
+
+
+def load_encoding(kind: str, path: Path | None = None) -> tiktoken.Encoding:
+    """The tiktoken Encoding for tokenizer `kind`; `path` is the rank file of a trained BPE."""
+    if kind == "bpe":
+        ranks = load_tiktoken_bpe(str(path))
+        return tiktoken.Encoding("latentlm-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                 special_tokens={EOT: len(ranks)})
+    if kind == "bytes":
+        ranks = {bytes([b]): b for b in range(256)}
+        return tiktoken.Encoding("bytes", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 256})
+    if kind == "gpt2":
+        try:
+            return tiktoken.get_encoding("gpt2")
+        except Exception as err:  # no network and no TIKTOKEN_CACHE_DIR copy
+            cache = os.environ.get("TIKTOKEN_CACHE_DIR", "<unset>")
+            raise RuntimeError(
+                f"tokenizer=gpt2 needs tiktoken's gpt2 files, which could not be loaded ({type(err).__name__}); "
+                f"TIKTOKEN_CACHE_DIR={cache}. On a machine with network, run "
+                "`python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\"` with TIKTOKEN_CACHE_DIR set, "
+                "then copy that folder here and set TIKTOKEN_CACHE_DIR to it"
+            ) from err
+    raise ValueError(f"tokenizer.kind={kind!r} is unknown; choose one of: {', '.join(KINDS)}")

@@ -1,0 +1,161 @@
+"""Latent attention: MLA (DeepSeek-V2, arXiv 2405.04434) and MLRA (Multi-Head Low-Rank Attention, arXiv 2603.02188).
+
+MLA compresses keys and values of a token into one latent of r = rank * d_model elements:
+
+    c = RMSNorm(W_dkv x)                      (r,)       cached
+    k_i = [W_uk^i c ; RoPE(W_kr x)]           per head: d_h latent-derived dims + rope_dim shared rotary dims
+    q_i = [W_uq^i x ; RoPE(W_qr^i x)]         (or from a compressed query latent when q_rank is set)
+    v_i = W_uv^i c
+    o_i = softmax(q_i . k_j / sqrt(d_h + rope_dim)) v_j,   u = W_o [o_1; ...; o_H]
+
+The rotary key part (decoupled RoPE) is one head shared by all heads and is cached beside c, so the cache is
+r + rope_dim elements per token per layer. With rope_dim = 0 this is MLA without RoPE (learned absolute
+positions come from the GPT). Because RoPE never touches W_uk c, decoding can absorb W_uk into the query
+and apply W_uv after attending over the latents (DeepSeek-V2 appendix C):
+
+    q_i . W_uk^i c_j = (W_uk^i^T q_i) . c_j,      sum_j a_ij W_uv^i c_j = W_uv^i (sum_j a_ij c_j)
+
+MLRA splits the latent into n_blocks blocks c^(b) of r / n_blocks elements, each RMSNorm'ed and up-projected by
+its own W_uk^(b), W_uv^(b) to keys and values of ALL heads. Attention runs once per block with the same queries
+and the same rotary key, and the block outputs are summed with a 1/sqrt(n_blocks) scale before W_o. A
+tensor-parallel shard then needs only its own latent block (+ the rotary key) of the cache. n_blocks = 1 is
+exactly MLA. `gated` multiplies the attention output by sigmoid(W_g x) before W_o (the paper's gated variant).
+
+`latent_scale` multiplies each normalised latent (and the normalised query latent) by sqrt(d_model / dim), as
+the official MLRA code does, so the up-projected keys keep the scale of a direct projection at any rank. It is
+on by default for every latent variant.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentlm.model.attention.base import Attention, KVCache, causal_attention
+from latentlm.model.attention.registry import register
+from latentlm.model.rope import Rotary
+
+
+@register("latent")
+class LatentAttention(Attention):
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        max_seq_len: int,
+        dropout: float = 0.0,
+        rank: float = 0.5,
+        rope_dim: int | None = None,
+        q_rank: float | None = None,
+        n_blocks: int = 1,
+        gated: bool = False,
+        latent_scale: bool = True,
+        absorb: bool = True,
+        rope_base: float = 10_000.0,
+    ):
+        super().__init__(d_model, n_head, max_seq_len, dropout)
+        if not 0 < rank <= 1:
+            raise ValueError(f"rank={rank} must be in (0, 1]")
+        hd = self.head_dim
+        self.latent_dim = round(rank * d_model)
+        self.n_blocks = n_blocks
+        if n_blocks < 1 or self.latent_dim % n_blocks:
+            raise ValueError(f"n_blocks={n_blocks} must divide the latent dim {self.latent_dim} (rank x d_model)")
+        self.block_dim = self.latent_dim // n_blocks
+        self.rope_dim = hd // 2 if rope_dim is None else rope_dim
+        if self.rope_dim % 2 or self.rope_dim < 0:
+            raise ValueError(f"rope_dim={self.rope_dim} must be even and >= 0")
+        self.qk_dim = hd + self.rope_dim
+        self.scale = self.qk_dim**-0.5
+        self.absorb = absorb
+
+        q_out = n_head * self.qk_dim
+        if q_rank is None:
+            self.wq = nn.Linear(d_model, q_out, bias=False)
+        else:
+            q_latent = round(q_rank * d_model)
+            self.wq_a = nn.Linear(d_model, q_latent, bias=False)
+            self.q_norm = nn.RMSNorm(q_latent)
+            self.wq_b = nn.Linear(q_latent, q_out, bias=False)
+            self.q_gain = math.sqrt(d_model / q_latent) if latent_scale else 1.0
+        self.wkv_a = nn.Linear(d_model, self.latent_dim + self.rope_dim, bias=False)
+        self.kv_norm_weight = nn.Parameter(torch.ones(n_blocks, self.block_dim))  # one RMSNorm per block
+        self.kv_gain = math.sqrt(d_model / self.block_dim) if latent_scale else 1.0
+        # Per block: W_uk and W_uv of all heads, packed as (n_blocks, H * (d_h [k] + d_h [v]), block_dim).
+        self.wkv_b = nn.Parameter(torch.empty(n_blocks, n_head * 2 * hd, self.block_dim).normal_(std=0.02))
+        self.wo = nn.Linear(n_head * hd, d_model, bias=False)
+        self.wg = nn.Linear(d_model, n_head * hd, bias=False) if gated else None
+        self.rotary = Rotary(self.rope_dim, max_seq_len, rope_base) if self.rope_dim else None
+
+    def cache_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"latent": (self.latent_dim,), "k_rope": (self.rope_dim,)}  # k_rope is empty without RoPE
+
+    def kv_cache_elements(self) -> int:
+        return self.latent_dim + self.rope_dim
+
+    def forward(self, x: Tensor, cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
+        B, T, _ = x.shape
+        q_nope, q_rope = self._queries(x, start_pos)  # (B, T, H, d_h), (B, T, H, rope_dim)
+        latent, k_rope = self._latent(x, start_pos)  # (B, T, r), (B, T, rope_dim)
+        if cache is not None:
+            latent, k_rope = cache.append(start_pos, latent=latent, k_rope=k_rope).values()
+        attend = self._attend_absorbed if cache is not None and self.absorb else self._attend_naive
+        y = attend(q_nope, q_rope, latent, k_rope)  # (B, T, H, d_h)
+        y = y.reshape(B, T, self.n_head * self.head_dim)
+        if self.wg is not None:
+            y = y * torch.sigmoid(self.wg(x))
+        return self.wo(y)
+
+    def _queries(self, x: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
+        B, T, _ = x.shape
+        q = self.wq(x) if hasattr(self, "wq") else self.wq_b(self.q_norm(self.wq_a(x)) * self.q_gain)
+        q_nope, q_rope = q.view(B, T, self.n_head, self.qk_dim).split([self.head_dim, self.rope_dim], dim=-1)
+        if self.rotary is not None:
+            q_rope = self.rotary(q_rope, start_pos)
+        return q_nope, q_rope
+
+    def _latent(self, x: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
+        B, T, _ = x.shape
+        latent, k_rope = self.wkv_a(x).split([self.latent_dim, self.rope_dim], dim=-1)
+        blocks = F.rms_norm(latent.view(B, T, self.n_blocks, self.block_dim), (self.block_dim,))
+        latent = (blocks * self.kv_norm_weight * self.kv_gain).view(B, T, self.latent_dim)
+        if self.rotary is not None:
+            k_rope = self.rotary(k_rope.unsqueeze(2), start_pos).squeeze(2)  # one head shared by all heads
+        return latent, k_rope
+
+    def _attend_naive(self, q_nope: Tensor, q_rope: Tensor, latent: Tensor, k_rope: Tensor) -> Tensor:
+        """Decompress the latents into per-head K and V (training form) and run SDPA, blocks folded into heads."""
+        B, T, H, hd = q_nope.shape
+        S, nb = latent.size(1), self.n_blocks
+        kv = torch.einsum("bsnc,nfc->bsnf", latent.view(B, S, nb, self.block_dim), self.wkv_b)
+        k_nope, v = kv.view(B, S, nb, H, 2 * hd).split(hd, dim=-1)  # (B, S, nb, H, d_h) each
+        k = torch.cat((k_nope, k_rope[:, :, None, None, :].expand(B, S, nb, H, self.rope_dim)), dim=-1)
+        q = torch.cat((q_nope, q_rope), dim=-1).unsqueeze(2).expand(B, T, nb, H, self.qk_dim)
+        y = causal_attention(
+            q.reshape(B, T, nb * H, self.qk_dim).transpose(1, 2),
+            k.reshape(B, S, nb * H, self.qk_dim).transpose(1, 2),
+            v.reshape(B, S, nb * H, hd).transpose(1, 2),
+            self.scale,
+            self.attn_dropout,
+        )  # (B, nb * H, T, d_h)
+        y = y.reshape(B, nb, H, T, hd).sum(dim=1) if nb > 1 else y
+        return (y * nb**-0.5).transpose(1, 2)
+
+    def _attend_absorbed(self, q_nope: Tensor, q_rope: Tensor, latent: Tensor, k_rope: Tensor) -> Tensor:
+        """Attend over the cached latents directly: W_uk folded into the query, W_uv applied afterwards."""
+        B, T, H, hd = q_nope.shape
+        S, nb = latent.size(1), self.n_blocks
+        w_uk, w_uv = self.wkv_b.view(nb, H, 2 * hd, self.block_dim).split(hd, dim=2)  # (nb, H, d_h, c) each
+        blocks = latent.view(B, S, nb, self.block_dim)
+        q_latent = torch.einsum("bthd,nhdc->bnhtc", q_nope, w_uk)
+        scores = torch.einsum("bnhtc,bsnc->bnhts", q_latent, blocks)
+        if self.rope_dim:
+            scores = scores + torch.einsum("bthr,bsr->bhts", q_rope, k_rope).unsqueeze(1)
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * self.scale  # softmax in >= fp32
+        if T > 1:
+            causal = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril(diagonal=S - T)
+            scores = scores.masked_fill(~causal, float("-inf"))
+        probs = scores.softmax(dim=-1).type_as(blocks)
+        out_latent = torch.einsum("bnhts,bsnc->bnhtc", probs, blocks)
+        return torch.einsum("bnhtc,nhdc->bthd", out_latent, w_uv) * nb**-0.5
