@@ -30,3 +30,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) data logs outputs wandb
+
+# Wheels for the GPU node (CPython 3.12): only what its image lacks (hydra, datasets, wandb and their missing deps).
+wheelhouse:
+	PYTHON=$(PYTHON) bash scripts/wheelhouse.sh

@@ -98,12 +98,23 @@ class PlainProgress(Callback):
             metrics = trainer.callback_metrics
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             rate = metrics.get("perf/tokens_per_s")
-            log.info("step %d/%d  train/loss %.4f  lr %.2e%s", step, trainer.max_steps,
-                     float(outputs["loss"]), lr, f"  tokens/s {float(rate):,.0f}" if rate is not None else "")
+            log.info(
+                "step %d/%d  train/loss %.4f  lr %.2e%s",
+                step,
+                trainer.max_steps,
+                float(outputs["loss"]),
+                lr,
+                f"  tokens/s {float(rate):,.0f}" if rate is not None else "",
+            )
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
         m = trainer.callback_metrics
-        log.info("step %d  val/loss %.4f  val/ppl %.2f  val/acc %.4f", trainer.global_step,
-                 float(m["val/loss"]), float(m["val/ppl"]), float(m["val/acc"]))
+        log.info(
+            "step %d  val/loss %.4f  val/ppl %.2f  val/acc %.4f",
+            trainer.global_step,
+            float(m["val/loss"]),
+            float(m["val/ppl"]),
+            float(m["val/acc"]),
+        )

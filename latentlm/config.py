@@ -8,8 +8,19 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-GROUPS = ("model", "attention", "data", "tokenizer", "optimizer", "scheduler", "trainer", "logger",
-          "callbacks", "paths", "experiment")
+GROUPS = (
+    "model",
+    "attention",
+    "data",
+    "tokenizer",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "experiment",
+)
 
 
 class ConfigError(ValueError):
@@ -35,8 +46,10 @@ def check_cli_choices(argv: list[str]) -> None:
         group, value = match.groups()
         for choice in re.split(r"\s*,\s*", value):
             if choice not in group_choices(group) and choice != "null":
-                raise ConfigError(f"{group}={choice} is not a known {group}; choose one of: "
-                                  f"{', '.join(group_choices(group))}")
+                raise ConfigError(
+                    f"{group}={choice} is not a known {group}; choose one of: "
+                    f"{', '.join(group_choices(group))}"
+                )
 
 
 def validate(cfg: DictConfig) -> None:
@@ -45,19 +58,27 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"rank={cfg.rank} is outside (0, 1]; the latent dim is rank x d_model")
     m, att = cfg.model, cfg.attention
     if m.d_model % m.n_head:
-        raise ConfigError(f"model.n_head={m.n_head} does not divide model.d_model={m.d_model}; "
-                          f"choose n_head in {{{', '.join(str(h) for h in _divisors(m.d_model))}}}")
+        raise ConfigError(
+            f"model.n_head={m.n_head} does not divide model.d_model={m.d_model}; "
+            f"choose n_head in {{{', '.join(str(h) for h in _divisors(m.d_model))}}}"
+        )
     if att.get("n_kv_heads") is not None and (att.n_kv_heads < 1 or m.n_head % att.n_kv_heads):
-        raise ConfigError(f"attention.n_kv_heads={att.n_kv_heads} does not divide model.n_head={m.n_head}; "
-                          f"choose one of {{{', '.join(str(h) for h in _divisors(m.n_head))}}}")
+        raise ConfigError(
+            f"attention.n_kv_heads={att.n_kv_heads} does not divide model.n_head={m.n_head}; "
+            f"choose one of {{{', '.join(str(h) for h in _divisors(m.n_head))}}}"
+        )
     if att.type == "latent":
         latent = round(cfg.rank * m.d_model)
         if att.get("n_blocks", 1) < 1 or latent % att.get("n_blocks", 1):
-            raise ConfigError(f"attention.n_blocks={att.n_blocks} does not divide the latent dim "
-                              f"{latent} (rank={cfg.rank} x d_model={m.d_model})")
+            raise ConfigError(
+                f"attention.n_blocks={att.n_blocks} does not divide the latent dim "
+                f"{latent} (rank={cfg.rank} x d_model={m.d_model})"
+            )
     if cfg.data.seq_len > m.block_size:
-        raise ConfigError(f"data.seq_len={cfg.data.seq_len} is longer than the context "
-                          f"model.block_size={m.block_size}; use data.seq_len <= {m.block_size}")
+        raise ConfigError(
+            f"data.seq_len={cfg.data.seq_len} is longer than the context "
+            f"model.block_size={m.block_size}; use data.seq_len <= {m.block_size}"
+        )
     if cfg.data.source == "text":
         from latentlm.data.pipeline import text_files
 

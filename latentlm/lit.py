@@ -42,7 +42,9 @@ class LitGPT(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self._logits(x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), y.flatten(), label_smoothing=self.label_smoothing
+        )
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -54,13 +56,17 @@ class LitGPT(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
-        self.log_dict({"val/loss": loss, "val/ppl": loss.exp(), "val/acc": self.val_acc.compute()}, prog_bar=True)
+        self.log_dict(
+            {"val/loss": loss, "val/ppl": loss.exp(), "val/acc": self.val_acc.compute()}, prog_bar=True
+        )
         self.val_loss.reset()
         self.val_acc.reset()
 
     def configure_optimizers(self):
         # No weight decay on biases, norms and embeddings (1-D tensors and the tied embedding matrix).
-        no_decay = {id(self.net.wte.weight)} | ({id(self.net.wpe.weight)} if self.net.wpe is not None else set())
+        no_decay = {id(self.net.wte.weight)} | (
+            {id(self.net.wpe.weight)} if self.net.wpe is not None else set()
+        )
         decay, plain = [], []
         for p in self.net.parameters():
             (plain if p.dim() < 2 or id(p) in no_decay else decay).append(p)
@@ -69,9 +75,16 @@ class LitGPT(L.LightningModule):
         )
         total = self.trainer.max_steps
         warmup = min(self.warmup_steps, max(total - 1, 0))
-        cosine = CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1),
-                                   eta_min=optimizer.defaults["lr"] * self.min_lr_ratio)
-        scheduler = cosine if warmup == 0 else SequentialLR(
-            optimizer, [LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup), cosine], [warmup]
+        cosine = CosineAnnealingLR(
+            optimizer, T_max=max(total - warmup, 1), eta_min=optimizer.defaults["lr"] * self.min_lr_ratio
+        )
+        scheduler = (
+            cosine
+            if warmup == 0
+            else SequentialLR(
+                optimizer,
+                [LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup), cosine],
+                [warmup],
+            )
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -38,9 +38,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup()
     build_net = partial(instantiate, cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
     net = build_net()
-    log.info("model: %s, attention=%s rank=%s: %s parameters (%s non-embedding), KV cache %d elements/token",
-             HydraConfig.get().runtime.choices.model, cfg.attention.name, cfg.rank, f"{net.num_params():,}",
-             f"{net.num_params(non_embedding=True):,}", net.kv_cache_elements())
+    log.info(
+        "model: %s, attention=%s rank=%s: %s parameters (%s non-embedding), KV cache %d elements/token",
+        HydraConfig.get().runtime.choices.model,
+        cfg.attention.name,
+        cfg.rank,
+        f"{net.num_params():,}",
+        f"{net.num_params(non_embedding=True):,}",
+        net.kv_cache_elements(),
+    )
 
     cuda = torch.cuda.is_available()
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -54,14 +60,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if throughput is not None:
         throughput.flops_per_token = train_flops_per_token(build_net, cfg.data.seq_len)
     loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
-    trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers,
-                                     enable_progress_bar=interactive)
+    trainer: L.Trainer = instantiate(
+        trainer_cfg, callbacks=callbacks, logger=loggers, enable_progress_bar=interactive
+    )
     compile_net = cuda if cfg.compile == "auto" else bool(cfg.compile)
-    module = LitGPT(net, instantiate(cfg.optimizer), cfg.scheduler.warmup_steps, cfg.scheduler.min_lr_ratio,
-                    cfg.label_smoothing, compile=compile_net)
-    hparams = {"rank": cfg.rank, "attention": cfg.attention.name, "model": HydraConfig.get().runtime.choices.model,
-               "params": net.num_params(), "params_non_embedding": net.num_params(non_embedding=True),
-               "config": OmegaConf.to_container(cfg, resolve=True)}
+    module = LitGPT(
+        net,
+        instantiate(cfg.optimizer),
+        cfg.scheduler.warmup_steps,
+        cfg.scheduler.min_lr_ratio,
+        cfg.label_smoothing,
+        compile=compile_net,
+    )
+    hparams = {
+        "rank": cfg.rank,
+        "attention": cfg.attention.name,
+        "model": HydraConfig.get().runtime.choices.model,
+        "params": net.num_params(),
+        "params_non_embedding": net.num_params(non_embedding=True),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
     if datamodule.entropy_floor is not None:
@@ -107,16 +125,27 @@ def _summary(cfg, trainer, net, datamodule, final, throughput, wall_time, traine
         "tokens": trainer.global_step * cfg.data.batch_size * cfg.data.seq_len,
         "wall_time_s": wall_time,
         "precision": trainer_cfg["precision"],
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "lightning": L.__version__},
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or "cpu",
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "lightning": L.__version__,
+        },
         "git_commit": _git_commit(),
     }
 
 
 def _git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 

@@ -18,7 +18,9 @@ class PackedTokens(Dataset):
         self.tokens = np.memmap(path, dtype=dtype, mode="r")
         self.seq_len = seq_len
         if len(self) == 0:
-            raise ValueError(f"{path} holds {self.tokens.size} tokens, fewer than data.seq_len + 1 = {seq_len + 1}")
+            raise ValueError(
+                f"{path} holds {self.tokens.size} tokens, fewer than data.seq_len + 1 = {seq_len + 1}"
+            )
 
     def __len__(self) -> int:
         return (self.tokens.size - 1) // self.seq_len
@@ -32,11 +34,24 @@ class PackedTokens(Dataset):
 class StoryDataModule(L.LightningDataModule):
     """Builds (or reuses) the token cache for a data + tokenizer config and serves train/val batches."""
 
-    def __init__(self, cache_dir: str, tokenizer: dict[str, Any], seq_len: int, batch_size: int,
-                 num_workers: int = 0, num_proc: int | None = None, **source: Any):
+    def __init__(
+        self,
+        cache_dir: str,
+        tokenizer: dict[str, Any],
+        seq_len: int,
+        batch_size: int,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        **source: Any,
+    ):
         super().__init__()
         self.cache_dir, self.tokenizer_cfg, self.source_cfg = Path(cache_dir), dict(tokenizer), dict(source)
-        self.seq_len, self.batch_size, self.num_workers, self.num_proc = seq_len, batch_size, num_workers, num_proc
+        self.seq_len, self.batch_size, self.num_workers, self.num_proc = (
+            seq_len,
+            batch_size,
+            num_workers,
+            num_proc,
+        )
         self.cache: TokenCache | None = None
 
     def prepare_data(self) -> None:
@@ -58,9 +73,15 @@ class StoryDataModule(L.LightningDataModule):
         return self.cache.meta["splits"]["val"].get("entropy_floor")
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

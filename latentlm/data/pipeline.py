@@ -21,7 +21,7 @@ import datasets
 import numpy as np
 import tiktoken
 
-from latentlm.data.tokenizer import EOT, load_encoding, train_bpe
+from latentlm.data.tokenizer import load_encoding, train_bpe
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -71,7 +71,9 @@ def text_files(data_cfg: dict[str, Any]) -> list[str]:
     """The sorted files matched by data.files (paths or globs); an error names any pattern matching nothing."""
     patterns = [data_cfg["files"]] if isinstance(data_cfg["files"], str) else list(data_cfg["files"] or [])
     if not patterns:
-        raise FileNotFoundError("data.files is empty; give .txt/.jsonl paths or globs, e.g. data.files='docs/*.txt'")
+        raise FileNotFoundError(
+            "data.files is empty; give .txt/.jsonl paths or globs, e.g. data.files='docs/*.txt'"
+        )
     found = []
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
@@ -96,8 +98,9 @@ def load_cache(cache_dir: Path, data_cfg: dict[str, Any], tokenizer_cfg: dict[st
     return cache if complete else None
 
 
-def build_cache(cache_dir: Path, data_cfg: dict[str, Any], tokenizer_cfg: dict[str, Any],
-                num_proc: int | None = None) -> TokenCache:
+def build_cache(
+    cache_dir: Path, data_cfg: dict[str, Any], tokenizer_cfg: dict[str, Any], num_proc: int | None = None
+) -> TokenCache:
     """Return the cache for this config, building it first if needed."""
     cached = load_cache(cache_dir, data_cfg, tokenizer_cfg)
     if cached is not None:
@@ -112,17 +115,28 @@ def build_cache(cache_dir: Path, data_cfg: dict[str, Any], tokenizer_cfg: dict[s
         kind = tokenizer_cfg["kind"]
         if kind == "bpe":
             n_train = min(tokenizer_cfg.get("train_documents") or len(splits["train"]), len(splits["train"]))
-            train_bpe(splits["train"].select(range(n_train))["text"], tokenizer_cfg["vocab_size"],
-                      tmp / "tokenizer.tiktoken")
+            train_bpe(
+                splits["train"].select(range(n_train))["text"],
+                tokenizer_cfg["vocab_size"],
+                tmp / "tokenizer.tiktoken",
+            )
         enc = load_encoding(kind, tmp / "tokenizer.tiktoken")
         dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
         meta: dict[str, Any] = {
-            "fingerprint": fp, "format": CACHE_FORMAT, "data": data_cfg, "tokenizer": tokenizer_cfg,
-            "vocab_size": enc.n_vocab, "eot_id": enc.eot_token, "dtype": np.dtype(dtype).name, "splits": {},
+            "fingerprint": fp,
+            "format": CACHE_FORMAT,
+            "data": data_cfg,
+            "tokenizer": tokenizer_cfg,
+            "vocab_size": enc.n_vocab,
+            "eot_id": enc.eot_token,
+            "dtype": np.dtype(dtype).name,
+            "splits": {},
         }
         for split, ds in splits.items():
             meta["splits"][split] = _write_tokens(ds, enc, tmp / f"{split}.bin", dtype)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        if final.exists() and load_cache(cache_dir, data_cfg, tokenizer_cfg) is None:
+            shutil.rmtree(final)  # a damaged cache (e.g. a truncated file): replace it
         try:
             os.rename(tmp, final)  # atomic: the folder appears complete or not at all
         except OSError:  # another process finished the same cache first
@@ -143,12 +157,19 @@ def documents(data_cfg: dict[str, Any], num_proc: int | None = None) -> dict[str
             made = [stories.generate_story(data_cfg["seed"], i) for i in batch["index"]]
             return {"text": [s.text for s in made], "logp": [s.logp for s in made]}
 
-        ranges = {"train": range(data_cfg["num_stories"]),
-                  "val": range(VAL_INDEX_OFFSET, VAL_INDEX_OFFSET + data_cfg["val_stories"])}
+        ranges = {
+            "train": range(data_cfg["num_stories"]),
+            "val": range(VAL_INDEX_OFFSET, VAL_INDEX_OFFSET + data_cfg["val_stories"]),
+        }
         return {
             split: datasets.Dataset.from_dict({"index": list(r)}).map(
-                generate, batched=True, batch_size=1000, remove_columns=["index"], keep_in_memory=True,
-                num_proc=num_proc if num_proc and len(r) >= 20_000 else None, desc=f"generating {split} stories",
+                generate,
+                batched=True,
+                batch_size=1000,
+                remove_columns=["index"],
+                keep_in_memory=True,
+                num_proc=num_proc if num_proc and len(r) >= 20_000 else None,
+                desc=f"generating {split} stories",
             )
             for split, r in ranges.items()
         }
@@ -158,9 +179,13 @@ def documents(data_cfg: dict[str, Any], num_proc: int | None = None) -> dict[str
             texts += _read_documents(path, data_cfg["separator"])
         n_val = max(1, round(len(texts) * data_cfg["val_fraction"]))
         if len(texts) < 2:
-            raise ValueError(f"data.files holds {len(texts)} non-empty document(s); need at least 2 for train and val")
-        return {"train": datasets.Dataset.from_dict({"text": texts[:-n_val]}),
-                "val": datasets.Dataset.from_dict({"text": texts[-n_val:]})}
+            raise ValueError(
+                f"data.files holds {len(texts)} non-empty document(s); need at least 2 for train and val"
+            )
+        return {
+            "train": datasets.Dataset.from_dict({"text": texts[:-n_val]}),
+            "val": datasets.Dataset.from_dict({"text": texts[-n_val:]}),
+        }
     raise ValueError(f"data.source={source!r} is unknown; choose one of: {', '.join(SOURCES)}")
 
 
@@ -182,8 +207,14 @@ def _write_tokens(ds: datasets.Dataset, enc: tiktoken.Encoding, path: Path, dtyp
         ids = enc.encode_ordinary_batch(batch["text"], num_threads=os.cpu_count() or 1)
         return {"ids": [x + [eot] for x in ids]}
 
-    tokenized = ds.map(tokenize, batched=True, batch_size=2000, keep_in_memory=True,
-                       remove_columns=[c for c in ds.column_names if c != "logp"], desc=f"tokenizing {path.stem}")
+    tokenized = ds.map(
+        tokenize,
+        batched=True,
+        batch_size=2000,
+        keep_in_memory=True,
+        remove_columns=[c for c in ds.column_names if c != "logp"],
+        desc=f"tokenizing {path.stem}",
+    )
     column = tokenized.data.column("ids")
     tokens = np.concatenate([chunk.flatten().to_numpy() for chunk in column.chunks]).astype(dtype)
     tokens.tofile(path)

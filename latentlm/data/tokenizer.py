@@ -22,14 +22,21 @@ KINDS = ("bpe", "gpt2", "bytes")
 
 def _unicode_to_byte() -> dict[str, int]:
     """Inverse of GPT-2's bytes_to_unicode: byte-level BPE tokens are strings of these stand-in characters."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     extra = [b for b in range(256) if b not in printable]
     chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
-    return dict(zip(chars, printable + extra))
+    return dict(zip(chars, printable + extra, strict=True))
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, path: Path, show_progress: bool = False) -> None:
-    """Train a byte-level BPE of `vocab_size` tokens (including EOT) and save it as a tiktoken rank file."""
+def train_bpe(texts: Iterable[str], vocab_size: int, path: Path, show_progress: bool = False) -> Tokenizer:
+    """Train a byte-level BPE of `vocab_size` tokens (including EOT) and save it as a tiktoken rank file.
+
+    Returns the HF tokenizer it trained, whose encodings the saved tiktoken file reproduces.
+    """
     if vocab_size <= 257:
         raise ValueError(f"tokenizer.vocab_size={vocab_size} must exceed 257 (256 bytes + <|endoftext|>)")
     tokenizer = Tokenizer(models.BPE())
@@ -42,19 +49,26 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path, show_progress: 
     to_byte = _unicode_to_byte()
     ranks = {bytes(to_byte[c] for c in token): i for token, i in tokenizer.get_vocab().items()}
     # tiktoken's rank format, one "base64(token) rank" a line (its own dump_tiktoken_bpe needs blobfile).
-    lines = (f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+    lines = (
+        f"{base64.b64encode(token).decode()} {rank}\n"
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])
+    )
     path.write_text("".join(lines))
+    return tokenizer
 
 
 def load_encoding(kind: str, path: Path | None = None) -> tiktoken.Encoding:
     """The tiktoken Encoding for tokenizer `kind`; `path` is the rank file of a trained BPE."""
     if kind == "bpe":
         ranks = load_tiktoken_bpe(str(path))
-        return tiktoken.Encoding("latentlm-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                                 special_tokens={EOT: len(ranks)})
+        return tiktoken.Encoding(
+            "latentlm-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)}
+        )
     if kind == "bytes":
         ranks = {bytes([b]): b for b in range(256)}
-        return tiktoken.Encoding("bytes", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 256})
+        return tiktoken.Encoding(
+            "bytes", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 256}
+        )
     if kind == "gpt2":
         try:
             return tiktoken.get_encoding("gpt2")

@@ -67,8 +67,13 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(block_size, d_model) if pos_emb == "learned" else None
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(d_model, build_attention(d_model=d_model, n_head=n_head, max_seq_len=block_size,
-                                           dropout=dropout, **attention), dropout)
+            Block(
+                d_model,
+                build_attention(
+                    d_model=d_model, n_head=n_head, max_seq_len=block_size, dropout=dropout, **attention
+                ),
+                dropout,
+            )
             for _ in range(n_layer)
         )
         self.ln_f = nn.LayerNorm(d_model)
@@ -102,7 +107,9 @@ class GPT(nn.Module):
         """Logits (B, T, padded_vocab) for tokens idx (B, T) at positions start_pos.. (caches: one per layer)."""
         T = idx.size(1)
         if start_pos + T > self.block_size:
-            raise ValueError(f"sequence of {start_pos + T} tokens is longer than the context block_size={self.block_size}")
+            raise ValueError(
+                f"sequence of {start_pos + T} tokens is longer than the context block_size={self.block_size}"
+            )
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start_pos, start_pos + T, device=idx.device))

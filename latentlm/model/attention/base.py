@@ -57,7 +57,9 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: f
             q, k, v, dropout_p=dropout_p, is_causal=T > 1, scale=scale, enable_gqa=gqa
         )
     mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa
+    )
 
 
 class Attention(nn.Module, ABC):
@@ -87,7 +89,11 @@ class Attention(nn.Module, ABC):
         """Cached elements per token for this layer, as the variant's closed-form formula."""
 
     def new_cache(
-        self, batch_size: int, max_len: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+        self,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> KVCache:
         return KVCache(self.cache_shapes(), batch_size, max_len, device=device, dtype=dtype)
 

@@ -61,7 +61,9 @@ class LatentAttention(Attention):
         self.latent_dim = round(rank * d_model)
         self.n_blocks = n_blocks
         if n_blocks < 1 or self.latent_dim % n_blocks:
-            raise ValueError(f"n_blocks={n_blocks} must divide the latent dim {self.latent_dim} (rank x d_model)")
+            raise ValueError(
+                f"n_blocks={n_blocks} must divide the latent dim {self.latent_dim} (rank x d_model)"
+            )
         self.block_dim = self.latent_dim // n_blocks
         self.rope_dim = hd // 2 if rope_dim is None else rope_dim
         if self.rope_dim % 2 or self.rope_dim < 0:
@@ -152,7 +154,9 @@ class LatentAttention(Attention):
         scores = torch.einsum("bnhtc,bsnc->bnhts", q_latent, blocks)
         if self.rope_dim:
             scores = scores + torch.einsum("bthr,bsr->bhts", q_rope, k_rope).unsqueeze(1)
-        scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * self.scale  # softmax in >= fp32
+        scores = (
+            scores.to(torch.promote_types(scores.dtype, torch.float32)) * self.scale
+        )  # softmax in >= fp32
         if T > 1:
             causal = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril(diagonal=S - T)
             scores = scores.masked_fill(~causal, float("-inf"))

@@ -1,0 +1,46 @@
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_train(
+    *overrides: str, root: Path, check: bool = True, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run `python -m latentlm.train` as a user would, with data and logs under `root`."""
+    environment = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    environment.update({"WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "latentlm.train", f"paths.root_dir={root}", *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def series(rows: list[dict[str, str]], key: str) -> list[tuple[int, float]]:
+    """(step, value) of every row that logged `key`."""
+    return [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """One root for every CLI test, so the smoke corpus is built once and its cache reused."""
+    return tmp_path_factory.mktemp("root")

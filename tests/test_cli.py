@@ -1,0 +1,124 @@
+"""End-to-end runs through the real CLI (Hydra + Lightning), as a user types them."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, read_metrics, run_train, series
+
+
+def test_run_writes_summary_and_loss_falls(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(
+        "experiment=smoke", "attention=mla_rope", "rank=0.5", f"hydra.run.dir={run_dir}", root=data_root
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["attention"] == "mla_rope" and summary["rank"] == 0.5 and summary["model"] == "tiny"
+    assert summary["steps"] == 30
+    # d_model 32 at rank 0.5 caches a 16-dim latent + an 8-dim rotary key (head_dim 16 / 2) in each of 2 layers.
+    assert summary["kv_cache"]["elements_per_token_per_layer"] == [24, 24]
+    assert summary["kv_cache"]["bytes_per_token_bf16"] == 2 * 48
+    assert summary["entropy_floor"] > 0 and summary["gap_to_floor"] == pytest.approx(
+        summary["val_loss_final"] - summary["entropy_floor"]
+    )
+    assert summary["val_loss_best"] <= summary["val_loss_final"]
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and (
+        run_dir / "checkpoints" / "best.ckpt"
+    ).exists()
+    assert (run_dir / "config.yaml").exists() and (run_dir / ".hydra" / "config.yaml").exists()
+    val = [v for _, v in series(read_metrics(run_dir), "val/loss")]
+    train = [v for _, v in series(read_metrics(run_dir), "train/loss")]
+    assert val[-1] < val[0] - 0.2 and train[-1] < train[0]
+
+
+def test_multirun_sweeps_seeds(data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_train(
+        "-m",
+        "experiment=smoke",
+        "seed=0,1",
+        "trainer.max_steps=10",
+        f"hydra.sweep.dir={sweep}",
+        root=data_root,
+    )
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in (0, 1)]
+    assert [s["seed"] for s in summaries] == [0, 1]
+    assert summaries[0]["val_loss_final"] != summaries[1]["val_loss_final"]  # different seeds, different runs
+
+
+def test_resume_continues_steps_and_lr_schedule(data_root, tmp_path):
+    every_10 = [
+        "+callbacks.every_10._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+        "+callbacks.every_10.every_n_train_steps=10",
+        "+callbacks.every_10.save_top_k=-1",
+        "+callbacks.every_10.filename=step{step}",
+    ]
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    run_train(
+        "experiment=smoke",
+        *every_10,
+        f"+callbacks.every_10.dirpath={first}/steps",
+        f"hydra.run.dir={first}",
+        root=data_root,
+    )
+    ckpt = next((first / "steps").glob("step*10*.ckpt"))
+    run_train("experiment=smoke", f"ckpt_path={ckpt}", f"hydra.run.dir={resumed}", root=data_root)
+    lr_first = dict(series(read_metrics(first), "lr-AdamW/pg1"))
+    lr_resumed = dict(series(read_metrics(resumed), "lr-AdamW/pg1"))
+    assert min(lr_resumed) > 10 and max(lr_resumed) == max(lr_first)  # steps continue from the checkpoint
+    assert lr_resumed == {s: pytest.approx(lr_first[s], rel=1e-9) for s in lr_resumed}
+    assert json.loads((resumed / "summary.json").read_text())["steps"] == 30
+
+
+def test_wandb_offline_run(data_root, tmp_path):
+    run_dir = tmp_path / "wb"
+    run_train(
+        "experiment=smoke",
+        "logger=default",
+        "trainer.max_steps=10",
+        f"hydra.run.dir={run_dir}",
+        root=data_root,
+    )
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["attention=foo"], "attention=foo is not a known attention; choose one of: gqa, mha,"),
+        (["-m", "model=tiny,huge"], "model=huge is not a known model; choose one of: 30m, tiny"),
+        (["rank=1.5"], "rank=1.5 is outside (0, 1]"),
+        (["rank=0"], "rank=0 is outside (0, 1]"),
+        (
+            ["model.n_head=3"],
+            "model.n_head=3 does not divide model.d_model=32; choose n_head in {1, 2, 4, 8, 16, 32}",
+        ),
+        (
+            ["attention=gqa", "attention.n_kv_heads=3"],
+            "attention.n_kv_heads=3 does not divide model.n_head=2",
+        ),
+        (["data.seq_len=64"], "data.seq_len=64 is longer than the context model.block_size=32"),
+        (["data=text", "data.files=/nonexistent/*.txt"], "data.files=/nonexistent/*.txt matches no file"),
+    ],
+)
+def test_bad_config_fails_fast_with_one_line(overrides, expected, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "latentlm.train",
+            "experiment=smoke",
+            f"paths.root_dir={tmp_path}",
+            *overrides,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and expected in lines[-1], proc.stderr[-2000:]
+    assert not (tmp_path / "data").exists()  # stopped before any work
