@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from latentlm.callbacks import PlainProgress, Throughput, train_flops_per_token
-from latentlm.config import ConfigError, check_cli_choices, fail, register_resolvers, validate
+from latentlm.config import CONFIG_DIR, ConfigError, check_cli_choices, fail, register_resolvers, validate
 from latentlm.lit import LitGPT
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup()
+    datamodule.cache.export_tokenizer(out_dir)
     build_net = partial(instantiate, cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
     net = build_net()
     log.info(
@@ -159,7 +160,7 @@ def _finish_wandb(trainer: L.Trainer) -> None:
             lg.experiment.finish()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         train(cfg)

@@ -13,10 +13,12 @@ def run_train(
     *overrides: str, root: Path, check: bool = True, env: dict | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess:
     """Run `python -m latentlm.train` as a user would, with data and logs under `root`."""
+    flags = [a for a in overrides if a.startswith("-")]  # Hydra wants -m before the overrides
+    overrides = tuple(a for a in overrides if not a.startswith("-"))
     environment = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
     environment.update({"WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})})
     proc = subprocess.run(
-        [sys.executable, "-m", "latentlm.train", f"paths.root_dir={root}", *overrides],
+        [sys.executable, "-m", "latentlm.train", *flags, f"paths.root_dir={root}", *overrides],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -24,9 +26,7 @@ def run_train(
         timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(
-            f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
-        )
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}")
     return proc
 
 
@@ -44,3 +44,11 @@ def series(rows: list[dict[str, str]], key: str) -> list[tuple[int, float]]:
 def data_root(tmp_path_factory) -> Path:
     """One root for every CLI test, so the smoke corpus is built once and its cache reused."""
     return tmp_path_factory.mktemp("root")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(data_root, tmp_path_factory) -> Path:
+    """One finished CLI run (mla_rope at rank 0.5) that several tests read."""
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    run_train("experiment=smoke", "attention=mla_rope", "rank=0.5", f"hydra.run.dir={run_dir}", root=data_root)
+    return run_dir

@@ -6,13 +6,14 @@ import sys
 
 import pytest
 from conftest import REPO, read_metrics, run_train, series
+from hydra.core.global_hydra import GlobalHydra
+
+import latentlm.train as train_cli
 
 
 def test_run_writes_summary_and_loss_falls(data_root, tmp_path):
     run_dir = tmp_path / "run"
-    run_train(
-        "experiment=smoke", "attention=mla_rope", "rank=0.5", f"hydra.run.dir={run_dir}", root=data_root
-    )
+    run_train("experiment=smoke", "attention=mla_rope", "rank=0.5", f"hydra.run.dir={run_dir}", root=data_root)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["attention"] == "mla_rope" and summary["rank"] == 0.5 and summary["model"] == "tiny"
     assert summary["steps"] == 30
@@ -23,9 +24,7 @@ def test_run_writes_summary_and_loss_falls(data_root, tmp_path):
         summary["val_loss_final"] - summary["entropy_floor"]
     )
     assert summary["val_loss_best"] <= summary["val_loss_final"]
-    assert (run_dir / "checkpoints" / "last.ckpt").exists() and (
-        run_dir / "checkpoints" / "best.ckpt"
-    ).exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "checkpoints" / "best.ckpt").exists()
     assert (run_dir / "config.yaml").exists() and (run_dir / ".hydra" / "config.yaml").exists()
     val = [v for _, v in series(read_metrics(run_dir), "val/loss")]
     train = [v for _, v in series(read_metrics(run_dir), "train/loss")]
@@ -52,7 +51,8 @@ def test_resume_continues_steps_and_lr_schedule(data_root, tmp_path):
         "+callbacks.every_10._target_=lightning.pytorch.callbacks.ModelCheckpoint",
         "+callbacks.every_10.every_n_train_steps=10",
         "+callbacks.every_10.save_top_k=-1",
-        "+callbacks.every_10.filename=step{step}",
+        "+callbacks.every_10.filename='step{step}'",
+        "+callbacks.every_10.auto_insert_metric_name=false",
     ]
     first, resumed = tmp_path / "first", tmp_path / "resumed"
     run_train(
@@ -62,7 +62,7 @@ def test_resume_continues_steps_and_lr_schedule(data_root, tmp_path):
         f"hydra.run.dir={first}",
         root=data_root,
     )
-    ckpt = next((first / "steps").glob("step*10*.ckpt"))
+    ckpt = first / "steps" / "step10.ckpt"
     run_train("experiment=smoke", f"ckpt_path={ckpt}", f"hydra.run.dir={resumed}", root=data_root)
     lr_first = dict(series(read_metrics(first), "lr-AdamW/pg1"))
     lr_resumed = dict(series(read_metrics(resumed), "lr-AdamW/pg1"))
@@ -91,34 +91,53 @@ def test_wandb_offline_run(data_root, tmp_path):
         (["-m", "model=tiny,huge"], "model=huge is not a known model; choose one of: 30m, tiny"),
         (["rank=1.5"], "rank=1.5 is outside (0, 1]"),
         (["rank=0"], "rank=0 is outside (0, 1]"),
-        (
-            ["model.n_head=3"],
-            "model.n_head=3 does not divide model.d_model=32; choose n_head in {1, 2, 4, 8, 16, 32}",
-        ),
-        (
-            ["attention=gqa", "attention.n_kv_heads=3"],
-            "attention.n_kv_heads=3 does not divide model.n_head=2",
-        ),
+        (["model.n_head=3"], "model.n_head=3 does not divide model.d_model=32; choose n_head in {1, 2, 4, 8, 16, 32}"),
+        (["attention=gqa", "attention.n_kv_heads=3"], "attention.n_kv_heads=3 does not divide model.n_head=2"),
         (["data.seq_len=64"], "data.seq_len=64 is longer than the context model.block_size=32"),
         (["data=text", "data.files=/nonexistent/*.txt"], "data.files=/nonexistent/*.txt matches no file"),
     ],
 )
-def test_bad_config_fails_fast_with_one_line(overrides, expected, tmp_path):
+def test_bad_config_fails_fast_with_one_line(overrides, expected, tmp_path, monkeypatch, capsys):
+    """In-process (the CLI's own main()), so the eight cases cost no interpreter start-ups."""
+    flags = [a for a in overrides if a.startswith("-")]
+    rest = [a for a in overrides if not a.startswith("-")]
+    monkeypatch.setattr(sys, "argv", ["train", *flags, "experiment=smoke", f"paths.root_dir={tmp_path}", *rest])
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main()
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"error: {lines[0].removeprefix('error: ')}"] and expected in lines[0]
+    assert not (tmp_path / "data").exists()  # stopped before any work
+
+
+def test_bad_config_exit_code_from_a_real_process(tmp_path):
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "latentlm.train",
-            "experiment=smoke",
-            f"paths.root_dir={tmp_path}",
-            *overrides,
-        ],
+        [sys.executable, "-m", "latentlm.train", "rank=2", f"paths.root_dir={tmp_path}"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and expected in lines[-1], proc.stderr[-2000:]
-    assert not (tmp_path / "data").exists()  # stopped before any work
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: rank=2 is outside")
+
+
+def test_every_attention_variant_trains_through_the_cli(data_root, tmp_path):
+    from latentlm.config import group_choices
+
+    variants = group_choices("attention")
+    sweep = tmp_path / "zoo"
+    run_train(
+        "-m",
+        "experiment=smoke",
+        f"attention={','.join(variants)}",
+        "rank=0.5",
+        f"hydra.sweep.dir={sweep}",
+        root=data_root,
+        timeout=900,
+    )
+    for i, name in enumerate(variants):
+        summary = json.loads((sweep / str(i) / "summary.json").read_text())
+        assert summary["attention"] == name and summary["steps"] == 30
+        val = [v for _, v in series(read_metrics(sweep / str(i)), "val/loss")]
+        assert val[-1] < val[0] - 0.2, (name, val)

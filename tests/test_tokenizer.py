@@ -34,9 +34,7 @@ def test_bpe_round_trip_and_same_tokens_as_the_trainer(trained, text):
     # The saved ranks reproduce the HF tokenizer's merges exactly: same number of tokens, same byte pieces.
     hf_ids = hf.encode(text).ids
     assert len(ids) == len(hf_ids)
-    assert [enc.decode_single_token_bytes(i) for i in ids] == [
-        enc.decode_single_token_bytes(i) for i in hf_ids
-    ]
+    assert [enc.decode_single_token_bytes(i) for i in ids] == [enc.decode_single_token_bytes(i) for i in hf_ids]
 
 
 def test_bpe_compresses_its_corpus(trained):

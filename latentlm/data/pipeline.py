@@ -44,8 +44,14 @@ class TokenCache:
         return np.dtype(self.meta["dtype"])
 
     def encoding(self) -> tiktoken.Encoding:
-        tok = self.meta["tokenizer"]
-        return load_encoding(tok["kind"], self.path / "tokenizer.tiktoken" if tok["kind"] == "bpe" else None)
+        return load_encoding(self.meta["tokenizer"]["kind"], self.path / "tokenizer.tiktoken")
+
+    def export_tokenizer(self, run_dir: Path) -> None:
+        """Copy the tokenizer into a run dir, so its checkpoints decode without the data cache."""
+        if (self.path / "tokenizer.tiktoken").exists():
+            shutil.copyfile(self.path / "tokenizer.tiktoken", run_dir / "tokenizer.tiktoken")
+        info = {"kind": self.meta["tokenizer"]["kind"], "vocab_size": self.meta["vocab_size"]}
+        (run_dir / "tokenizer.json").write_text(json.dumps(info))
 
 
 def fingerprint(data_cfg: dict[str, Any], tokenizer_cfg: dict[str, Any]) -> str:

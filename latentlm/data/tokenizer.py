@@ -5,6 +5,7 @@ The BPE is trained with HF tokenizers' byte-level BPE trainer and saved in tikto
 """
 
 import base64
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -55,6 +56,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path, show_progress: 
     )
     path.write_text("".join(lines))
     return tokenizer
+
+
+def load_run_encoding(run_dir: Path) -> tiktoken.Encoding:
+    """The tokenizer a training run exported into its output dir."""
+    info = json.loads((Path(run_dir) / "tokenizer.json").read_text())
+    return load_encoding(info["kind"], Path(run_dir) / "tokenizer.tiktoken")
 
 
 def load_encoding(kind: str, path: Path | None = None) -> tiktoken.Encoding:

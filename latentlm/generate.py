@@ -1,0 +1,124 @@
+"""KV-cached text generation from a training checkpoint.
+
+    python -m latentlm.generate ckpt=logs/train/runs/<run>/checkpoints/best.ckpt prompt="Once upon a time"
+
+The run's resolved config (config.yaml) and tokenizer sit beside its checkpoints/ folder, so a checkpoint
+rebuilds its own model. Generation prefills the prompts, then decodes one token a step through each attention
+variant's own cache; temperature=0 is greedy and deterministic.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import tiktoken
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from latentlm.config import CONFIG_DIR, ConfigError, fail
+from latentlm.data.tokenizer import load_run_encoding
+from latentlm.model import GPT
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, tiktoken.Encoding]:
+    """The model (eval mode, on `device`) and tokenizer of a checkpoint written by latentlm.train."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt={ckpt} is not a file; pass a .ckpt from a run's checkpoints/ folder")
+    run_dir = ckpt.resolve().parent.parent
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"ckpt={ckpt}: no config.yaml in its run dir {run_dir}; was it written by latentlm.train?")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    encoding = load_run_encoding(run_dir)
+    model: GPT = instantiate(cfg.model, vocab_size=encoding.n_vocab, _convert_="all")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    model.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    return model.to(device).eval(), encoding
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                generator: torch.Generator | None) -> Tensor:
+    """One token per row of logits (B, V): greedy at temperature 0, else top-k / nucleus sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, eot: int | None = None,
+             seed: int | None = None) -> list[list[int]]:
+    """Continue each prompt by up to max_new_tokens tokens (fewer if it emits `eot`).
+
+    Prompts of different lengths share one cache: all are prefilled to the shortest length, and each
+    longer prompt is then fed its own next token (not a sample) until it runs out.
+    """
+    if not prompts or min(map(len, prompts)) == 0:
+        raise ValueError("every prompt needs at least one token")
+    longest = max(map(len, prompts))
+    if longest >= model.block_size:
+        raise ValueError(f"a prompt of {longest} tokens does not fit the context block_size={model.block_size}")
+    total = min(model.block_size, longest + max_new_tokens)
+    if total < longest + max_new_tokens:
+        log.warning("max_new_tokens cut to %d: the context holds %d tokens", total - longest, model.block_size)
+    device = next(model.parameters()).device
+    B, shortest = len(prompts), min(map(len, prompts))
+    tokens = torch.zeros(B, total, dtype=torch.long, device=device)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    for i, p in enumerate(prompts):
+        tokens[i, : len(p)] = torch.tensor(p)
+    generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+    caches = model.new_caches(B, total, device, next(model.parameters()).dtype)
+    logits = model(tokens[:, :shortest], caches, 0)[:, -1, : model.vocab_size]
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    for pos in range(shortest, total):
+        sampled = sample_next(logits, temperature, top_k, top_p, generator)
+        in_prompt = pos < lengths
+        tokens[:, pos] = torch.where(in_prompt, tokens[:, pos], sampled)
+        if eot is not None:
+            finished |= ~in_prompt & (sampled == eot)
+            if bool(finished.all()):
+                break
+        if pos + 1 < total:
+            logits = model(tokens[:, pos : pos + 1], caches, pos)[:, -1, : model.vocab_size]
+    out = []
+    for i, p in enumerate(prompts):
+        new = tokens[i, len(p) : len(p) + max_new_tokens].tolist()
+        out.append(new[: new.index(eot) + 1] if eot is not None and eot in new else new)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="generate")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        model, enc = load_checkpoint(cfg.ckpt, device)
+        prompts = list(cfg.prompts) if cfg.prompts else [cfg.prompt]
+        ids = [enc.encode_ordinary(p) for p in prompts]
+        if max(map(len, ids)) >= model.block_size:
+            raise ConfigError(f"prompt of {max(map(len, ids))} tokens is longer than the context "
+                              f"block_size={model.block_size}; shorten it")
+        outs = generate(model, ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                        eot=enc.eot_token, seed=cfg.seed)
+    except ConfigError as err:
+        fail(err)
+    for prompt, out in zip(prompts, outs, strict=True):
+        sys.stdout.write(prompt + enc.decode([t for t in out if t != enc.eot_token]) + "\n" + cfg.separator + "\n")
+
+
+if __name__ == "__main__":
+    _hydra_main()

@@ -1,0 +1,169 @@
+"""Grade model-written stories against the story generator, in place of the TinyStories paper's GPT-4 grading.
+
+Two checks. Validity: does the generator's grammar derive the text (whole, or as the start of some story, for a
+sample cut off by a length limit)? Consistency: do the entities agree with their introductions, judged by plain
+rules over the text, so that an ungrammatical sample can still be consistent or not:
+
+- introduction: a character's name first appears as "named Lily" (family words like "Mom" need none);
+- pronoun: a sentence opening with He/She/They/His/Her/Their fits the first name of the last sentence that named
+  someone, outside quotes ("Lily and Tom ..." calls for They);
+- addressee: a name spoken to inside quotes ("Tom, ..." or "..., Tom!") was mentioned before and is not the
+  speaker ('"..." said Tom.');
+- colour: a toy keeps one colour ("a big red ball" ... "the red ball");
+- count: "all three apples" / "both apples" repeat the first "three apples"; "two apples left" is fewer.
+
+Usage: python -m latentlm.judge samples.txt [--separator '<|endoftext|>']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from latentlm.data.stories import GRAMMAR, NUMBER_WORDS, parse_story
+
+RULES = ("introduction", "pronoun", "addressee", "colour", "count")
+
+_GENDER = {name: gender for names in (GRAMMAR.names_f, GRAMMAR.names_m, GRAMMAR.names_n, GRAMMAR.family)
+           for name, gender in zip(names.options, names.values)}
+_FAMILY = frozenset(GRAMMAR.family.options)
+_PRONOUN_FITS = {"He": "M", "His": "M", "She": "F", "Her": "F", "They": "NP", "Their": "NP"}  # P: two people
+
+_WORD = re.compile(r"\b[A-Z][a-z]+\b")
+_QUOTE = re.compile(r'"([^"]*)("|$)')
+_SPEAKER = re.compile(r"\s*[a-z]+ ([A-Z][a-z]+)")  # after a closing quote: ' said Lily'
+_VOCATIVE = re.compile(r"(?:^|, )([A-Z][a-z]+)(?=[,.!?])")
+_CUT_WORD = re.compile(r"[A-Za-z']+$")  # a sample cut off mid-word may end in "Ada" of "Adam": not judged
+
+
+def _alternatives(words) -> str:
+    return "|".join(sorted(map(re.escape, words), key=len, reverse=True))  # longest first: "teddy bear" > "bear"
+
+
+_COLOURED_TOY = re.compile(rf"\b({_alternatives(set(GRAMMAR.descs.values))}) ({_alternatives(GRAMMAR.toys.options)})\b")
+_PLURAL = {**{p: p for c in (GRAMMAR.foods, GRAMMAR.materials, GRAMMAR.gifts) for p in c.options},
+           **dict(zip(GRAMMAR.foods.values, GRAMMAR.foods.options))}  # singular or plural -> plural
+_NUMBER = {w: i for i, w in enumerate(NUMBER_WORDS)}
+_COUNTED = re.compile(rf"\b(all )?({_alternatives(NUMBER_WORDS[2:])}) ({_alternatives(set(_PLURAL.values()))})\b")
+_BOTH = re.compile(rf"\bboth ({_alternatives(set(_PLURAL.values()))})\b")
+_LEFT = re.compile(rf"\b({_alternatives(NUMBER_WORDS[1:])}) ({_alternatives(_PLURAL)}) left\b")
+
+
+def _sentences(text: str) -> list[str]:
+    """Split at . ! ? outside quotes, so '"Oh no!" cried Lily.' stays one sentence."""
+    out, start, inside = [], 0, False
+    for i, ch in enumerate(text):
+        if ch == '"':
+            inside = not inside
+        elif ch in ".!?" and not inside and (i + 1 == len(text) or text[i + 1].isspace()):
+            out.append(text[start:i + 1].strip())
+            start = i + 1
+    if text[start:].strip():
+        out.append(text[start:].strip())
+    return out
+
+
+def _discourse_issues(text: str) -> set[str]:
+    issues = set()
+    anchor = None  # gender of whom a sentence-initial pronoun must mean, "P" for two people
+    mentioned: set[str] = set()
+    for sentence in _sentences(text):
+        outside = _QUOTE.sub(" ", sentence)
+        names = [m for m in _WORD.finditer(outside) if m.group() in _GENDER]
+        first_word = sentence.split(maxsplit=1)[0]
+        if first_word in _PRONOUN_FITS:
+            if anchor is not None and anchor not in _PRONOUN_FITS[first_word]:
+                issues.add("pronoun")
+        elif names:
+            second = re.match(r" and ([A-Z][a-z]+)\b", outside[names[0].end():])
+            anchor = "P" if second and second.group(1) in _GENDER else _GENDER[names[0].group()]
+        for quote in _QUOTE.finditer(sentence):
+            speaker = _SPEAKER.match(sentence, quote.end())
+            for addressee in _VOCATIVE.findall(quote.group(1)):
+                if addressee in _GENDER and (addressee not in mentioned or speaker and addressee == speaker.group(1)):
+                    issues.add("addressee")
+        mentioned.update(m.group() for m in names)
+    return issues
+
+
+def _count_issues(text: str) -> bool:
+    events = [(m.start(), "all" if m.group(1) else "intro", m.group(3), _NUMBER[m.group(2)])
+              for m in _COUNTED.finditer(text)]
+    events += [(m.start(), "all", m.group(1), 2) for m in _BOTH.finditer(text)]
+    events += [(m.start(), "left", _PLURAL[m.group(2)], _NUMBER[m.group(1)]) for m in _LEFT.finditer(text)]
+    first: dict[str, int] = {}
+    for _, kind, noun, n in sorted(events):
+        if kind == "intro":
+            first.setdefault(noun, n)
+        elif noun in first and (n != first[noun] if kind == "all" else n >= first[noun]):
+            return True
+    return False
+
+
+def entity_issues(text: str) -> set[str]:
+    """The consistency rules (see the module docstring) that `text` breaks; empty if it breaks none."""
+    text = _CUT_WORD.sub("", text.strip())
+    issues = _discourse_issues(text)
+    introduced: set[str] = set()
+    for m in _WORD.finditer(text):
+        name = m.group()
+        if name in _GENDER and name not in _FAMILY and name not in introduced:
+            introduced.add(name)
+            if not text.endswith("named ", 0, m.start()):
+                issues.add("introduction")
+    colours: dict[str, str] = {}
+    for m in _COLOURED_TOY.finditer(text):
+        if colours.setdefault(m.group(2), m.group(1)) != m.group(1):
+            issues.add("colour")
+    if _count_issues(text):
+        issues.add("count")
+    return issues
+
+
+def judge_texts(texts: list[str]) -> dict:
+    """Shares of `texts` that the grammar derives, that start some derivation, and that keep entities consistent."""
+    n = len(texts)
+    statuses = [parse_story(t.strip()).status for t in texts]
+    broken = [entity_issues(t) for t in texts]
+
+    def share(count: int) -> float:
+        return count / n if n else 0.0
+
+    return {
+        "n": n,
+        "valid_share": share(statuses.count("complete")),
+        "valid_prefix_share": share(statuses.count("complete") + statuses.count("prefix")),
+        "consistent_share": share(sum(not b for b in broken)),
+        "mean_words": share(sum(len(t.split()) for t in texts)),
+        "rule_failures": {rule: sum(rule in b for b in broken) for rule in RULES},
+    }
+
+
+def judge_file(path: str | Path, separator: str = "<|endoftext|>") -> dict:
+    """`judge_texts` over the non-empty samples of a text file, separated by `separator`."""
+    samples = [s.strip() for s in Path(path).read_text(encoding="utf-8").split(separator)]
+    return judge_texts([s for s in samples if s])
+
+
+def format_table(result: dict) -> str:
+    rows = [("samples", str(result["n"])), ("mean words", f"{result['mean_words']:.1f}")]
+    rows += [(label, f"{100 * result[key]:.1f}%") for label, key in
+             (("valid", "valid_share"), ("valid prefix", "valid_prefix_share"), ("consistent", "consistent_share"))]
+    rows += [(f"  fails {rule}", str(count)) for rule, count in result["rule_failures"].items()]
+    return "\n".join(f"{label:<22}{value:>8}" for label, value in rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m latentlm.judge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", help="text file of samples")
+    parser.add_argument("--separator", default="<|endoftext|>", help="what separates samples in the file")
+    args = parser.parse_args(argv)
+    result = judge_file(args.file, args.separator)
+    print(format_table(result))
+    print(json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
