@@ -25,6 +25,13 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
+# Benchmarks print a table and write JSON (and plots) under docs/; meant for a GPU, they also run on a CPU.
+bench-train: $(STAMP)
+	$(PY) scripts/bench_train.py $(ARGS)
+
+bench-decode: $(STAMP)
+	$(PY) scripts/bench_decode.py $(ARGS)
+
 lint: $(STAMP)
 	$(PY) -m ruff check latentlm scripts tests
 

@@ -38,8 +38,8 @@ class Throughput(Callback):
     host can run ahead of the GPU by the depth of the launch queue, a small error over a long window.
     """
 
-    def __init__(self, window: int = 50):
-        self.window = window
+    def __init__(self, window: int = 50, warmup_steps: int = 1):
+        self.window, self.warmup_steps = window, warmup_steps
         self.flops_per_token: float | None = None
         self.peak: float | None = None
         self._t0: float | None = None
@@ -53,7 +53,9 @@ class Throughput(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._tokens += batch[0].numel()
         step = trainer.global_step
-        if self._t0 is None:  # first step: compilation and warm-up stay out of the numbers
+        if step < self.warmup_steps:  # compilation and warm-up stay out of the numbers
+            return
+        if self._t0 is None:  # start timing at the end of this step
             self._t0, self._tokens = time.perf_counter(), 0
             return
         if step % self.window:
@@ -79,6 +81,11 @@ class Throughput(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.on_validation_start(trainer, pl_module)
+
+    @property
+    def mfu(self) -> float | None:
+        rate = self.tokens_per_s
+        return rate * self.flops_per_token / self.peak if rate and self.peak and self.flops_per_token else None
 
     @property
     def tokens_per_s(self) -> float | None:

@@ -79,7 +79,7 @@ def validate(cfg: DictConfig) -> None:
             f"data.seq_len={cfg.data.seq_len} is longer than the context "
             f"model.block_size={m.block_size}; use data.seq_len <= {m.block_size}"
         )
-    if cfg.data.source == "text":
+    if cfg.data.get("source") == "text":
         from latentlm.data.pipeline import text_files
 
         try:

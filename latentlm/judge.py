@@ -1,16 +1,16 @@
 """Grade model-written stories against the story generator, in place of the TinyStories paper's GPT-4 grading.
 
-Two checks. Validity: does the generator's grammar derive the text (whole, or as the start of some story, for a
-sample cut off by a length limit)? Consistency: do the entities agree with their introductions, judged by plain
-rules over the text, so that an ungrammatical sample can still be consistent or not:
+Two checks. Validity: does the generator's grammar derive the text, whole or as the start of some story (a
+sample cut off by a length limit)? Consistency: do the entities agree with their introductions? That is
+judged by plain rules over the text, so an ungrammatical sample can still be consistent or not:
 
 - introduction: a character's name first appears as "named Lily" (family words like "Mom" need none);
-- pronoun: a sentence opening with He/She/They/His/Her/Their fits the first name of the last sentence that named
-  someone, outside quotes ("Lily and Tom ..." calls for They);
+- pronoun: a sentence opening with He/She/They/His/Her/Their fits the first name, outside quotes, of the last
+  sentence that named someone ("Lily and Tom ..." calls for They);
 - addressee: a name spoken to inside quotes ("Tom, ..." or "..., Tom!") was mentioned before and is not the
   speaker ('"..." said Tom.');
 - colour: a toy keeps one colour ("a big red ball" ... "the red ball");
-- count: "all three apples" / "both apples" repeat the first "three apples"; "two apples left" is fewer.
+- count: "all three apples" and "both apples" repeat the first "three apples"; "two apples left" is fewer.
 
 Usage: python -m latentlm.judge samples.txt [--separator '<|endoftext|>']
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from latentlm.data.stories import GRAMMAR, NUMBER_WORDS, parse_story
@@ -27,7 +28,7 @@ from latentlm.data.stories import GRAMMAR, NUMBER_WORDS, parse_story
 RULES = ("introduction", "pronoun", "addressee", "colour", "count")
 
 _GENDER = {name: gender for names in (GRAMMAR.names_f, GRAMMAR.names_m, GRAMMAR.names_n, GRAMMAR.family)
-           for name, gender in zip(names.options, names.values)}
+           for name, gender in zip(names.options, names.values, strict=True)}
 _FAMILY = frozenset(GRAMMAR.family.options)
 _PRONOUN_FITS = {"He": "M", "His": "M", "She": "F", "Her": "F", "They": "NP", "Their": "NP"}  # P: two people
 
@@ -38,17 +39,20 @@ _VOCATIVE = re.compile(r"(?:^|, )([A-Z][a-z]+)(?=[,.!?])")
 _CUT_WORD = re.compile(r"[A-Za-z']+$")  # a sample cut off mid-word may end in "Ada" of "Adam": not judged
 
 
-def _alternatives(words) -> str:
-    return "|".join(sorted(map(re.escape, words), key=len, reverse=True))  # longest first: "teddy bear" > "bear"
+def _either(words: Iterable[str]) -> str:
+    """A regex alternation, longest first so that "teddy bear" wins over "bear"."""
+    return "|".join(sorted(map(re.escape, set(words)), key=len, reverse=True))
 
 
-_COLOURED_TOY = re.compile(rf"\b({_alternatives(set(GRAMMAR.descs.values))}) ({_alternatives(GRAMMAR.toys.options)})\b")
-_PLURAL = {**{p: p for c in (GRAMMAR.foods, GRAMMAR.materials, GRAMMAR.gifts) for p in c.options},
-           **dict(zip(GRAMMAR.foods.values, GRAMMAR.foods.options))}  # singular or plural -> plural
+_COLOURED_TOY = re.compile(rf"\b({_either(GRAMMAR.descs.values)}) ({_either(GRAMMAR.toys.options)})\b")
+_PLURAL = {  # counted nouns, singular or plural -> plural
+    **{p: p for c in (GRAMMAR.foods, GRAMMAR.materials, GRAMMAR.gifts) for p in c.options},
+    **dict(zip(GRAMMAR.foods.values, GRAMMAR.foods.options, strict=True)),
+}
 _NUMBER = {w: i for i, w in enumerate(NUMBER_WORDS)}
-_COUNTED = re.compile(rf"\b(all )?({_alternatives(NUMBER_WORDS[2:])}) ({_alternatives(set(_PLURAL.values()))})\b")
-_BOTH = re.compile(rf"\bboth ({_alternatives(set(_PLURAL.values()))})\b")
-_LEFT = re.compile(rf"\b({_alternatives(NUMBER_WORDS[1:])}) ({_alternatives(_PLURAL)}) left\b")
+_COUNTED = re.compile(rf"\b(all )?({_either(NUMBER_WORDS[2:])}) ({_either(_PLURAL.values())})\b")
+_BOTH = re.compile(rf"\bboth ({_either(_PLURAL.values())})\b")
+_LEFT = re.compile(rf"\b({_either(NUMBER_WORDS[1:])}) ({_either(_PLURAL)}) left\b")
 
 
 def _sentences(text: str) -> list[str]:
@@ -81,14 +85,14 @@ def _discourse_issues(text: str) -> set[str]:
             anchor = "P" if second and second.group(1) in _GENDER else _GENDER[names[0].group()]
         for quote in _QUOTE.finditer(sentence):
             speaker = _SPEAKER.match(sentence, quote.end())
-            for addressee in _VOCATIVE.findall(quote.group(1)):
-                if addressee in _GENDER and (addressee not in mentioned or speaker and addressee == speaker.group(1)):
+            for name in _VOCATIVE.findall(quote.group(1)):
+                if name in _GENDER and (name not in mentioned or speaker and name == speaker.group(1)):
                     issues.add("addressee")
         mentioned.update(m.group() for m in names)
     return issues
 
 
-def _count_issues(text: str) -> bool:
+def _count_issue(text: str) -> bool:
     events = [(m.start(), "all" if m.group(1) else "intro", m.group(3), _NUMBER[m.group(2)])
               for m in _COUNTED.finditer(text)]
     events += [(m.start(), "all", m.group(1), 2) for m in _BOTH.finditer(text)]
@@ -117,13 +121,13 @@ def entity_issues(text: str) -> set[str]:
     for m in _COLOURED_TOY.finditer(text):
         if colours.setdefault(m.group(2), m.group(1)) != m.group(1):
             issues.add("colour")
-    if _count_issues(text):
+    if _count_issue(text):
         issues.add("count")
     return issues
 
 
 def judge_texts(texts: list[str]) -> dict:
-    """Shares of `texts` that the grammar derives, that start some derivation, and that keep entities consistent."""
+    """Shares of `texts` the grammar derives (whole, or as a story's start) and with consistent entities."""
     n = len(texts)
     statuses = [parse_story(t.strip()).status for t in texts]
     broken = [entity_issues(t) for t in texts]
@@ -148,9 +152,10 @@ def judge_file(path: str | Path, separator: str = "<|endoftext|>") -> dict:
 
 
 def format_table(result: dict) -> str:
+    shares = (("valid", "valid_share"), ("valid prefix", "valid_prefix_share"),
+              ("consistent", "consistent_share"))
     rows = [("samples", str(result["n"])), ("mean words", f"{result['mean_words']:.1f}")]
-    rows += [(label, f"{100 * result[key]:.1f}%") for label, key in
-             (("valid", "valid_share"), ("valid prefix", "valid_prefix_share"), ("consistent", "consistent_share"))]
+    rows += [(label, f"{100 * result[key]:.1f}%") for label, key in shares]
     rows += [(f"  fails {rule}", str(count)) for rule, count in result["rule_failures"].items()]
     return "\n".join(f"{label:<22}{value:>8}" for label, value in rows)
 

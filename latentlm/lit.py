@@ -31,28 +31,36 @@ class LitGPT(L.LightningModule):
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
 
     def configure_model(self) -> None:
+        # Compile the loss with the model, so the logits' cast, log-softmax and smoothing fuse into few kernels.
+        # Compiling bound methods (not the module) keeps parameter names, and checkpoints, those of the plain model.
         if self.compile_net:
-            self.net.compile()  # in place: parameter names (and checkpoints) stay those of the plain model
+            self._train_loss = torch.compile(self._train_loss)
+            self._val_metrics = torch.compile(self._val_metrics)
 
     def _logits(self, x: Tensor) -> Tensor:
+        """Logits over the real vocab (B * T, V) in fp32 for the losses."""
         logits = self.net(x)
         vocab = self.net.vocab_size
-        return logits if vocab == logits.size(-1) else logits[..., :vocab]  # drop padding rows of the head
+        logits = logits if vocab == logits.size(-1) else logits[..., :vocab]  # drop padding rows of the head
+        return logits.flatten(0, 1).float()
+
+    def _train_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(self._logits(x), y.flatten(), label_smoothing=self.label_smoothing)
+
+    def _val_metrics(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Plain cross-entropy (comparable across label smoothing) and next-token top-1 accuracy."""
+        logits = self._logits(x)
+        return F.cross_entropy(logits, y.flatten()), (logits.argmax(-1) == y.flatten()).float().mean()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        logits = self._logits(x)
-        loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), y.flatten(), label_smoothing=self.label_smoothing
-        )
+        loss = self._train_loss(*batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self._logits(x).flatten(0, 1).float()
-        self.val_loss.update(F.cross_entropy(logits, y.flatten()))  # plain CE: comparable across smoothing
-        self.val_acc.update((logits.argmax(-1) == y.flatten()).float().mean())
+        loss, acc = self._val_metrics(*batch)
+        self.val_loss.update(loss)
+        self.val_acc.update(acc)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()

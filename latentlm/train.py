@@ -36,7 +36,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup()
-    datamodule.cache.export_tokenizer(out_dir)
+    datamodule.export_tokenizer(out_dir)
     build_net = partial(instantiate, cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
     net = build_net()
     log.info(
@@ -50,6 +50,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
 
     cuda = torch.cuda.is_available()
+    if cuda:
+        torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls left under bf16 autocast
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     if trainer_cfg["precision"] == "auto":
         trainer_cfg["precision"] = "bf16-mixed" if cuda else "32-true"
@@ -122,6 +124,8 @@ def _summary(cfg, trainer, net, datamodule, final, throughput, wall_time, traine
         "gap_to_floor": final["val/loss"] - floor if floor is not None else None,
         "tokens_per_s": throughput.tokens_per_s if throughput is not None else None,
         "flops_per_token": throughput.flops_per_token if throughput is not None else None,
+        "mfu": throughput.mfu if throughput is not None else None,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "steps": trainer.global_step,
         "tokens": trainer.global_step * cfg.data.batch_size * cfg.data.seq_len,
         "wall_time_s": wall_time,

@@ -67,6 +67,9 @@ class StoryDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         return self.cache.meta["vocab_size"]
 
+    def export_tokenizer(self, run_dir: Path) -> None:
+        self.cache.export_tokenizer(run_dir)
+
     @property
     def entropy_floor(self) -> float | None:
         """Nats per token no model can beat on the validation split (known for synthetic stories only)."""
@@ -88,3 +91,36 @@ class StoryDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
+
+
+class RandomTokens(L.LightningDataModule):
+    """Uniformly random tokens, for speed benchmarks: no data to build, and a known floor of ln(vocab_size)."""
+
+    def __init__(self, vocab_size: int, seq_len: int, batch_size: int, num_batches: int = 1000, seed: int = 0,
+                 num_workers: int = 0):
+        super().__init__()
+        self.vocab_size, self.seq_len, self.batch_size = vocab_size, seq_len, batch_size
+        self.num_batches, self.seed, self.num_workers = num_batches, seed, num_workers
+
+    def setup(self, stage: str | None = None) -> None:
+        generator = torch.Generator().manual_seed(self.seed)
+        self.tokens = torch.randint(0, self.vocab_size, (self.num_batches * self.batch_size, self.seq_len + 1),
+                                    generator=generator)
+
+    @property
+    def entropy_floor(self) -> float:
+        return float(np.log(self.vocab_size))
+
+    def export_tokenizer(self, run_dir: Path) -> None:
+        """Random tokens decode to nothing: no tokenizer to export."""
+
+    def _loader(self, shuffle: bool) -> DataLoader:
+        pairs = torch.utils.data.TensorDataset(self.tokens[:, :-1], self.tokens[:, 1:])
+        return DataLoader(pairs, batch_size=self.batch_size, shuffle=shuffle, drop_last=True,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(shuffle=False)

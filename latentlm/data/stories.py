@@ -1,13 +1,13 @@
 """Seeded TinyStories-style stories with an exact log-likelihood, so a benchmark knows its loss floor.
 
 A story is written by one small program (`_story`) that makes random choices. Every choice writes its chosen
-option at once, and the options of any one decision are prefix-free as word sequences (checked when a `Choice`
-is built). The same program run by a parser instead of a sampler can therefore read the choices back from the
-text, left to right with one token of lookahead: no two choice sequences give the same text, and the sum of the
-choices' log-probabilities is the true log-likelihood of the text. Everything else is determined by earlier
-choices with probability 1: pronouns follow the name's gender, "the red ball" recalls "a big red ball",
-"all three apples" recalls "three apples", dialogue addresses the right character by name. Those recalls cost
-no entropy, which puts the floor well below what a model that cannot look far back achieves.
+option at once, and the options of any one decision are prefix-free as word sequences (checked when a
+`Choice` is built). The same program run by a parser instead of a sampler can therefore read the choices back
+from the text, left to right with one token of lookahead: no two choice sequences give the same text, and the
+sum of the choices' log-probabilities is the true log-likelihood of the text. Everything else follows from
+earlier choices with probability 1: pronouns follow the name's gender, "the red ball" recalls "a big red
+ball", "all three apples" recalls "three apples", dialogue addresses the right character by name. Those
+recalls cost no entropy, which puts the floor well below what a model that cannot look far back achieves.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
-from functools import lru_cache
+from functools import cache
 from itertools import accumulate
 from typing import Literal, NamedTuple, Protocol
 
@@ -50,7 +50,7 @@ class _EndOfText(Exception):
 
 
 def _ends_word(option: str, text: str, end: int) -> bool:
-    """An option ending in a letter only matches if the text's word ends there too ("Ann" is not in "Anna")."""
+    """An option ending in a letter matches only where the text's word ends too ("Ann" is not in "Anna")."""
     return end == len(text) or not (option[-1].isalpha() and text[end].isalpha())
 
 
@@ -84,14 +84,11 @@ class Choice:
             raise ValueError("a choice needs options, and one value and weight for each")
         _check_prefix_free(self.options)
         self.weights = tuple(weights) if weights is not None else None
-        if weights is None:
-            self.logps = (-math.log(self.n),) * self.n
-            self.cum = None
+        if weights is None:  # uniform: drawn without a search
+            self.logps, self.cum = (-math.log(self.n),) * self.n, None
         else:
-            total = math.fsum(weights)
-            probs = [w / total for w in weights]
-            self.logps = tuple(math.log(p) for p in probs)
-            self.cum = tuple(accumulate(probs))[:-1]
+            dist = _Weights(weights)
+            self.logps, self.cum = dist.logps, dist.cum
         self.index = {o: i for i, o in enumerate(self.options)}
         by_token: dict[str, list[int]] = {}
         for i, o in enumerate(self.options):
@@ -124,7 +121,7 @@ class _Weights:
         self.cum = tuple(accumulate(w / total for w in weights))[:-1]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _uniform(n: int) -> _Weights:
     return _Weights((1.0,) * n)
 
@@ -222,7 +219,8 @@ class _Parser:
 
     def pick_text(self, options: Sequence[str], weights: _Weights) -> int:
         text, pos = self.text, self.pos
-        found = [i for i, o in enumerate(options) if text.startswith(o, pos) and _ends_word(o, text, pos + len(o))]
+        found = [i for i, o in enumerate(options)
+                 if text.startswith(o, pos) and _ends_word(o, text, pos + len(o))]
         if not found:
             raise _no_match(options, text, pos)
         if len(found) > 1:  # a bug in the grammar, not in the text
@@ -235,19 +233,19 @@ class _Parser:
 # ----------------------------------------------------------------------------------------------------------
 # Story state
 
-_PRONOUNS = {  # subject, object, possessive, past of "to be"
-    "F": ("she", "her", "her", "was"),
-    "M": ("he", "him", "his", "was"),
-    "N": ("they", "them", "their", "were"),
+_PRONOUNS = {  # subject, possessive, past of "to be"
+    "F": ("she", "her", "was"),
+    "M": ("he", "his", "was"),
+    "N": ("they", "their", "were"),
 }
 
 
 class _Char:
-    __slots__ = ("name", "gender", "he", "him", "his", "was", "He", "His", "family")
+    __slots__ = ("name", "he", "his", "was", "He", "His", "family")
 
     def __init__(self, name: str, gender: str, family: bool = False) -> None:
-        self.name, self.gender, self.family = name, gender, family
-        self.he, self.him, self.his, self.was = _PRONOUNS[gender]
+        self.name, self.family = name, family
+        self.he, self.his, self.was = _PRONOUNS[gender]
         self.He, self.His = self.he.capitalize(), self.his.capitalize()
 
 
@@ -289,7 +287,7 @@ def _story(g: _Deriver, G: Grammar) -> None:
 
 
 def _character(g: _Deriver, G: Grammar, adjs: Choice, kinds: Choice, cast: list[str]) -> _Char:
-    """'a shy little girl named Lily': the kind decides which names, hence which pronouns, are possible."""
+    """'a shy girl named Lily': the kind decides which names, hence which pronouns, are possible."""
     g.pick(adjs)
     g.say(" ")
     kind = g.pick(kinds)
@@ -401,18 +399,18 @@ def _thanks(g: _Deriver, G: Grammar, speaker: _Char, to: _Char) -> None:
 
 # Conflicts: each starts after "One day, Lily " with the words of its option in `Grammar.conflicts`,
 # and returns the character who shared the adventure and the morals that fit it.
+_Maybe = _Char | None
+_Outcome = tuple[_Char, Choice]
 
 
-def _lost(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None, cast: list[str]):
+def _lost(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast: list[str]) -> _Outcome:
     g.say(f" {toy.colour} {toy.noun}. {hero.He} looked ")
     looked = [g.pick(G.spots)]
     g.say(", but it was not there.")
-    while len(looked) < 2 and g.pick_text((f" {hero.He} also looked", f" {hero.name} felt"), _HALF) == 0:
+    if g.pick_text((f" {hero.He} also looked", f" {hero.name} felt"), _HALF) == 0:
         g.say(" ")
         looked.append(g.pick_other(G.spots, looked))
-        g.say(", but it was not there either.")
-    if len(looked) == 2:
-        g.say(f" {hero.name} felt")
+        g.say(f", but it was not there either. {hero.name} felt")
     g.say(" ")
     g.pick(G.sad_feelings)
     g.say(".")
@@ -432,7 +430,7 @@ def _lost(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None,
     return helper, G.morals_help
 
 
-def _broken(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None, cast: list[str]):
+def _broken(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast: list[str]) -> _Outcome:
     g.say(f" {toy.colour} {toy.noun}, and it ")
     g.pick(G.breaks)
     g.say(f". {hero.name} ")
@@ -453,7 +451,7 @@ def _broken(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | Non
     return helper, G.morals_careful
 
 
-def _stuck(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None, cast: list[str]):
+def _stuck(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast: list[str]) -> _Outcome:
     g.say(f" {toy.colour} {toy.noun} to the ")
     g.pick(G.places)
     g.say(f". {hero.He} {toy.past} the {toy.colour} {toy.noun} ")
@@ -479,7 +477,7 @@ def _stuck(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None
     return helper, G.morals_help
 
 
-def _share(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None, cast: list[str]):
+def _share(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast: list[str]) -> _Outcome:
     g.say(f" {toy.colour} {toy.noun} in the ")
     g.pick(G.places)
     g.say(" when ")
@@ -505,7 +503,7 @@ def _share(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None
     return friend, G.morals_share
 
 
-def _picnic(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None, cast: list[str]):
+def _picnic(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast: list[str]) -> _Outcome:
     if friend:
         buddy = friend
         g.say(f" {friend.name}")
@@ -528,18 +526,17 @@ def _picnic(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | Non
     g.say(f" in {hero.his} basket. Soon, a hungry ")
     visitor = G.visitors.options[g.pick(G.visitors)]
     one, many, others = G.foods.values[a], G.foods.options[a], G.foods.options[b]
-    left = n1 - 1
+    rest = f"one {one}" if n1 == 2 else f"{NUMBER_WORDS[n1 - 1]} {many}"
     g.say(f' came by. "May I have something to eat?" asked the {visitor}.'
           f" {hero.name} gave the {visitor} one {one}."
-          f" Now {hero.he} had {f'only one {one}' if left == 1 else f'{NUMBER_WORDS[left]} {many}'} left."
-          f" {hero.name} and {buddy.name} ate {f'the last {one}' if left == 1 else f'the {NUMBER_WORDS[left]} {many}'}"
-          f" and {_count(n2)} {others}. The {visitor} ")
+          f" Now {hero.he} had {'only ' if n1 == 2 else ''}{rest} left. {hero.name} and {buddy.name} ate"
+          f" {f'the last {one}' if n1 == 2 else f'the {rest}'} and {_count(n2)} {others}. The {visitor} ")
     g.pick(G.visitor_thanks)
     g.say(".")
     return buddy, G.morals_kind
 
 
-def _fear(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None, cast: list[str]):
+def _fear(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast: list[str]) -> _Outcome:
     g.say(" ")
     noise = G.noises.options[g.pick(G.noises)]
     g.say(" ")
@@ -560,7 +557,7 @@ def _fear(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None,
     return helper, G.morals_brave
 
 
-def _race(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None, cast: list[str]):
+def _race(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast: list[str]) -> _Outcome:
     g.say(" ")
     race = G.races.options[g.pick(G.races)]
     g.say(" at the ")
@@ -581,7 +578,7 @@ def _race(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None,
     return helper, G.morals_friends
 
 
-def _lost_animal(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None, cast: list[str]):
+def _lost_animal(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast: list[str]) -> _Outcome:
     g.say(" ")
     animal = _character(g, G, G.lost_adjs, G.lost_kinds, cast)
     g.say(" who was ")
@@ -599,7 +596,7 @@ def _lost_animal(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char 
     return animal, G.morals_kind
 
 
-def _build(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None, cast: list[str]):
+def _build(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast: list[str]) -> _Outcome:
     g.say(" ")
     thing = G.builds.values[g.pick(G.builds)]
     g.say(" with ")
@@ -616,11 +613,12 @@ def _build(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None
     g.pick(G.tips)
     g.say(',"')
     _tagged(g, G.say_tags, helper)
-    g.say(f" This time, {helper.name} and {hero.name} used {_count(n)} {parts}. The {thing} stood tall and strong.")
+    g.say(f" This time, {helper.name} and {hero.name} used {_count(n)} {parts}."
+          f" The {thing} stood tall and strong.")
     return helper, G.morals_try
 
 
-def _rainy_day(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | None, cast: list[str]):
+def _rainy_day(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast: list[str]) -> _Outcome:
     g.say(f" {toy.base} the {toy.colour} {toy.noun}. But then it started to ")
     weather = G.bad_weathers.values[g.pick(G.bad_weathers)]
     g.say(f". {hero.name} looked out the window and ")
@@ -633,7 +631,8 @@ def _rainy_day(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Char | 
     done = G.indoors.values[g.pick(G.indoors)]
     g.say(' inside,"')
     _tagged(g, G.say_tags, helper)
-    g.say(f" So {helper.name} and {hero.name} {done}. They had so much fun that they forgot all about the {weather}.")
+    g.say(f" So {helper.name} and {hero.name} {done}."
+          f" They had so much fun that they forgot all about the {weather}.")
     return helper, G.morals_fun
 
 
@@ -818,10 +817,11 @@ def _choice_of_pairs(text: str) -> Choice:
     return Choice([row[0] for row in _rows(text)], [row[1] for row in _rows(text)])
 
 
-_ANIMALS = _w("""dog cat bunny bear fox mouse duck frog bird puppy kitten pig cow horse lion tiger owl squirrel
-turtle elephant monkey sheep goat deer hedgehog raccoon panda penguin giraffe zebra dragon dinosaur koala
-kangaroo lamb pony otter beaver badger snail bee ladybug hamster chipmunk hippo rhino crocodile seal walrus moose
-camel llama sloth parrot peacock swan goose chicken rooster ostrich octopus""")
+_ANIMALS = _w("""dog cat bunny bear fox mouse duck frog bird puppy kitten pig cow horse lion tiger owl
+        squirrel turtle elephant monkey sheep goat deer hedgehog raccoon panda penguin giraffe zebra
+        dragon dinosaur koala kangaroo lamb pony otter beaver badger snail bee ladybug hamster chipmunk
+        hippo rhino crocodile seal walrus moose camel llama sloth parrot peacock swan goose chicken
+        rooster ostrich octopus""")
 
 _TOYS = """
 ball | kick | kicked
@@ -1075,8 +1075,8 @@ GRAMMAR = Grammar(
         a magical garden
         a cold northern land
     """)),
-    weathers=Choice(_w("""sunny rainy windy snowy cloudy warm cold bright quiet foggy chilly lovely beautiful cool hot
-                          breezy calm golden misty stormy frosty gray pleasant""")),
+    weathers=Choice(_w("""sunny rainy windy snowy cloudy warm cold bright quiet foggy chilly lovely
+        beautiful cool hot breezy calm golden misty stormy frosty gray pleasant""")),
     day_parts=Choice(_w("morning day afternoon")),
     wakings=Choice(_phrases("""
         went outside to play
@@ -1092,24 +1092,27 @@ GRAMMAR = Grammar(
         watched the clouds drift by
         put on a warm coat
     """)),
-    hero_adjs=Choice(_a(w) for w in _w("""little small kind happy shy brave curious friendly clever silly gentle
-        playful sleepy cheerful busy proud quiet funny young sweet lively careful smart polite jolly tiny eager
-        bold cheeky helpful grumpy chatty bouncy cute tidy messy noisy lazy hungry lucky thoughtful loving caring daring
-        dreamy merry nosy patient peppy plucky speedy spunky wiggly giggly quick strong tall short chubby fast wild calm
-        neat fancy sneaky sporty""")),
-    kinds=Choice((*_ANIMALS[:1], "girl", "boy", "kid", *_ANIMALS[1:]),
-                 ("any", "F", "M", "N", *["any"] * (len(_ANIMALS) - 1)), [1, 6, 6, 2, *[1] * (len(_ANIMALS) - 1)]),
-    names_f=_names("F", """Lily Mia Emma Anna Lucy Sophie Chloe Ella Grace Zoe Ruby Daisy Amy Lisa Kate Molly Sally
-        Susie Jenny Amber Hannah Julia Nora Ivy Alice Clara Maya Nina Olive Rosie Tina Jane Bella Kitty Polly Holly
-        Lola Luna Stella Hazel Ellie Abby Betty Dora Fiona Gina Heidi Iris Jill Laura Megan Nellie Penny Wendy Cora
-        Eva Lena Mandy Pam Ada Bonnie Cleo Daphne Edith Freya Hattie Ingrid Josie Leah Mabel Opal Rita Tessa Vera
-        Willa Yara Zara"""),
-    names_m=_names("M", """Tom Ben Max Jack Leo Tim Timmy Bob Billy Joe Jake Luke Mark Nick Oliver Oscar Peter Paul Ryan
-        Toby Adam Andy Danny David Eddie Finn Fred George Harry Henry Jim John Kevin Louis Mike Ned Noah Owen Ray
-        Ricky Ron Roy Sid Ted Tony Zack Hugo Felix Jasper Milo Otto Rex Bruno Arthur Ethan Liam Alfie Benny Carl Dex Eli Gus Hank Ivan Jonah Lenny Marco Nate Ozzie Percy Rudy Simon
-        Theo Victor Walter"""),
-    names_n=_names("N", """Sam Alex Charlie Jo Robin Riley Jamie Taylor Casey Kim Pat Sky River Sunny Pip Bean Kiwi
-        Pebble Maple Rowan Quinn Remy Frankie Jessie Bobbie Lee Rory Ollie Blue Nico Avery Morgan Jordan Dakota Ash Jules Kit Lane Marley Parker Reese Sage Wren"""),
+    hero_adjs=Choice(_a(w) for w in _w("""little small kind happy shy brave curious friendly clever silly
+        gentle playful sleepy cheerful busy proud quiet funny young sweet lively careful smart polite
+        jolly tiny eager bold cheeky helpful grumpy chatty bouncy cute tidy messy noisy lazy hungry lucky
+        thoughtful loving caring daring dreamy merry nosy patient peppy plucky speedy spunky wiggly giggly
+        quick strong tall short chubby fast wild calm neat fancy sneaky sporty""")),
+    kinds=Choice((*_ANIMALS[:1], "girl", "boy", "kid", *_ANIMALS[1:]),  # a dog first: see REDUCED_GRAMMAR
+                 ("any", "F", "M", "N", *["any"] * (len(_ANIMALS) - 1)),
+                 [1, 6, 6, 2, *[1] * (len(_ANIMALS) - 1)]),
+    names_f=_names("F", """Lily Mia Emma Anna Lucy Sophie Chloe Ella Grace Zoe Ruby Daisy Amy Lisa Kate
+        Molly Sally Susie Jenny Amber Hannah Julia Nora Ivy Alice Clara Maya Nina Olive Rosie Tina Jane
+        Bella Kitty Polly Holly Lola Luna Stella Hazel Ellie Abby Betty Dora Fiona Gina Heidi Iris Jill
+        Laura Megan Nellie Penny Wendy Cora Eva Lena Mandy Pam Ada Bonnie Cleo Daphne Edith Freya Hattie
+        Ingrid Josie Leah Mabel Opal Rita Tessa Vera Willa Yara Zara"""),
+    names_m=_names("M", """Tom Ben Max Jack Leo Tim Timmy Bob Billy Joe Jake Luke Mark Nick Oliver Oscar
+        Peter Paul Ryan Toby Adam Andy Danny David Eddie Finn Fred George Harry Henry Jim John Kevin Louis
+        Mike Ned Noah Owen Ray Ricky Ron Roy Sid Ted Tony Zack Hugo Felix Jasper Milo Otto Rex Bruno
+        Arthur Ethan Liam Alfie Benny Carl Dex Eli Gus Hank Ivan Jonah Lenny Marco Nate Ozzie Percy Rudy
+        Simon Theo Victor Walter"""),
+    names_n=_names("N", """Sam Alex Charlie Jo Robin Riley Jamie Taylor Casey Kim Pat Sky River Sunny Pip
+        Bean Kiwi Pebble Maple Rowan Quinn Remy Frankie Jessie Bobbie Lee Rory Ollie Blue Nico Avery
+        Morgan Jordan Dakota Ash Jules Kit Lane Marley Parker Reese Sage Wren"""),
     homes=Choice(_phrases("""
         a small house
         a cozy cottage
@@ -1391,12 +1394,13 @@ GRAMMAR = Grammar(
     conflicts=Choice(("could not find the", "dropped the", "took the", "was playing with the",
                       "went on a picnic with", "heard a loud", "wanted to win the", "found",
                       "wanted to build", "wanted to go outside and"),
-                     (_lost, _broken, _stuck, _share, _picnic, _fear, _race, _lost_animal, _build, _rainy_day)),
-    help_leads=Choice(("Just then,", "Soon,", "After a while,", "A moment later,", "Then,", "Luckily,", "Right then,",
-                       "All of a sudden,")),
+                     (_lost, _broken, _stuck, _share, _picnic, _fear, _race, _lost_animal, _build,
+                      _rainy_day)),
+    help_leads=Choice(("Just then,", "Soon,", "After a while,", "A moment later,", "Then,", "Luckily,",
+                       "Right then,", "All of a sudden,")),
     family=Choice(("Mom", "Dad", "Grandma", "Grandpa"), ("F", "M", "F", "M")),
-    arrivals=Choice(("over", "outside", "running", "by", "to see what was wrong", "along the path", "from next door",
-                     "hurrying down the lane")),
+    arrivals=Choice(("over", "outside", "running", "by", "to see what was wrong", "along the path",
+                     "from next door", "hurrying down the lane")),
     helper_adjs=Choice(_a(w) for w in _w("wise old kind friendly gentle tall strong helpful smart")),
     helper_kinds=_animals("owl turtle bear elephant giraffe fox rabbit horse deer goat beaver badger"),
     cry_tags=Choice(("said", "cried", "shouted", "called")),
@@ -1447,7 +1451,8 @@ GRAMMAR = Grammar(
     """)),
     sad_feelings=Choice(("sad", "very sad", "upset", "worried", "lonely", "grumpy", "like crying", "so sad")),
     comforts=Choice(("Don't worry", "It's okay", "Cheer up", "Do not be sad", "No need to cry")),
-    search_offers=Choice(("I will help you", "We will find it together", "I can help you look", "Let me help")),
+    search_offers=Choice(("I will help you", "We will find it together", "I can help you look",
+                          "Let me help")),
     breaks=Choice(("broke", "cracked", "fell apart", "got a big hole", "lost a piece")),
     sad_acts=Choice(_phrases("""
         started to cry
@@ -1471,9 +1476,10 @@ GRAMMAR = Grammar(
     """),
     tries=Choice(("tried and tried", "jumped and jumped", "stretched up high", "stood on tiptoe")),
     yeses=Choice(("Of course", "Yes, I can", "Sure thing", "Do not worry")),
-    rescues=Choice(("climbed up", "reached up high", "stood on a big box", "used a long stick", "jumped up high",
-                    "found a tall ladder", "stood on a sturdy chair")),
-    refusals=Choice(("No! It is mine", "No, go away", "No, I want it all to myself", "No, you will break it")),
+    rescues=Choice(("climbed up", "reached up high", "stood on a big box", "used a long stick",
+                    "jumped up high", "found a tall ladder", "stood on a sturdy chair")),
+    refusals=Choice(("No! It is mine", "No, go away", "No, I want it all to myself",
+                     "No, you will break it")),
     sad_reactions=Choice(("looked very sad", "walked away slowly", "sat down alone", "began to cry")),
     regrets=Choice(("felt bad", "thought about it", "felt a little sorry", "knew that was not kind")),
     share_offers=Choice(("We can play with it together", "Let's take turns", "You can have the first turn")),
@@ -1486,11 +1492,13 @@ GRAMMAR = Grammar(
     packs=Choice(("packed", "brought", "carried")),
     numbers=Choice(NUMBER_WORDS[2:], range(2, 7)),
     foods=_choice_of_pairs(_FOODS),
-    visitors=Choice(_w("duck squirrel bird bunny ant mouse raccoon goat pig puppy chipmunk crow beetle seagull pigeon")),
+    visitors=Choice(_w("""duck squirrel bird bunny ant mouse raccoon goat pig puppy chipmunk crow beetle
+        seagull pigeon""")),
     visitor_thanks=Choice(("said thank you", "was very happy", "did a little dance", "smiled at them",
                            "flapped its wings happily", "hopped away with a full belly")),
     noises=Choice(_w("boom bang crash rumble creak thump rattle clatter howl whoosh")),
-    noise_places=Choice(("outside", "at night", "in the dark", "from the attic", "from the yard", "behind the wall")),
+    noise_places=Choice(("outside", "at night", "in the dark", "from the attic", "from the yard",
+                         "behind the wall")),
     hide_spots=Choice(_phrases("""
         under the bed
         under a blanket
@@ -1516,7 +1524,8 @@ GRAMMAR = Grammar(
     hurts=Choice(("My knee hurts", "I fell down", "I can't get up")),
     lost_adjs=Choice(_a(w) for w in _w("little tiny baby young small sad")),
     lost_kinds=_animals("bird duck bunny kitten puppy chick fawn lamb mouse frog squirrel turtle hedgehog"),
-    lost_states=Choice(("lost", "all alone", "crying", "far from home", "shivering in the cold", "very hungry")),
+    lost_states=Choice(("lost", "all alone", "crying", "far from home", "shivering in the cold",
+                        "very hungry")),
     animal_homes=_choice_of_pairs("""
         a nest in an old oak tree | the old oak tree
         a little hole by the river | the river
@@ -1534,7 +1543,7 @@ GRAMMAR = Grammar(
         a funny robot | robot
         a high wall | wall
     """),
-    materials=Choice(_w("blocks boxes cups sticks stones pillows cans cards bricks logs crates tins sponges")),
+    materials=Choice(_w("blocks boxes cups sticks stones pillows cans cards bricks logs crates tins")),
     frustrations=Choice(("felt sad", "stamped the ground", "wanted to give up", "sat down with a sigh",
                          "grumbled and groaned")),
     tips=Choice(("Put the big ones at the bottom", "Go slowly and carefully", "Make the bottom wide",
@@ -1558,13 +1567,14 @@ GRAMMAR = Grammar(
     """),
     endings=Choice(("That night,", "From that day on,", "At the end of the day,", "On the way home,"),
                    ("sleep", "friends", "home", "gift")),
-    sleeps=Choice(("fell fast asleep", "went to bed with a smile", "dreamed happy dreams", "drifted off to sleep")),
+    sleeps=Choice(("fell fast asleep", "went to bed with a smile", "dreamed happy dreams",
+                   "drifted off to sleep")),
     bonds=Choice(("best friends", "the best of friends", "good friends", "the closest of friends",
                   "friends forever")),
-    homeward=Choice(("happy and tired", "with a big smile", "singing a song", "feeling proud", "humming a tune",
-                     "skipping all the way")),
-    gifts=Choice(_w("flowers shells pebbles leaves feathers pinecones acorns daisies berries petals buttons marbles"
-                    " clovers")),
+    homeward=Choice(("happy and tired", "with a big smile", "singing a song", "feeling proud",
+                     "humming a tune", "skipping all the way")),
+    gifts=Choice(_w("""flowers shells pebbles leaves feathers pinecones acorns daisies berries petals buttons
+        marbles clovers""")),
     containers=Choice(("a jar", "a vase", "a box", "a basket", "a bowl", "a clay pot", "a paper bag")),
     learned=Choice(("learned that", "knew now that", "understood that", "remembered that")),
     **{f"morals_{k}": Choice(_phrases(v)) for k, v in _MORALS.items()},

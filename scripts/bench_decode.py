@@ -1,0 +1,225 @@
+"""Decode benchmark: KV-cache bytes, what fits in memory, and decode speed for every attention variant.
+
+    python scripts/bench_decode.py [--model 30m] [--rank 0.5] [--contexts 512,...,16384] [--batches 1,8,64,256]
+
+For each variant (MLA and MLRA with absorbed and naive decoding): the cache bytes per token by formula and
+as measured growth of allocated GPU memory, the largest batch x context that fits --budget-gib, and the
+time of one decode step (one new token per sequence, attending over `context` cached positions) with random
+weights and a random cache, captured in a CUDA graph and replayed. Writes JSON and two PNG plots.
+"""
+
+import argparse
+import json
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from latentlm.config import CONFIG_DIR, register_resolvers
+from latentlm.model import GPT
+
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS = "mha,mqa,gqa,mla,mla_rope,mla_rope:naive,mlra,mlra:naive"
+
+
+def build(variant: str, model: str, rank: float, max_len: int, device: str, dtype: torch.dtype) -> GPT:
+    name, _, path = variant.partition(":")
+    register_resolvers()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", f"attention={name}", f"rank={rank}",
+                                          f"model.block_size={max_len}"])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.pop("_target_")
+    if path:
+        model_cfg["attention"]["absorb"] = path == "absorbed"
+    net = GPT(vocab_size=4096, **model_cfg)
+    return net.to(device=device, dtype=dtype).eval()
+
+
+def measured_bytes_per_token(net: GPT, device: str, dtype: torch.dtype, batch: int = 4, length: int = 1024) -> float:
+    """Growth of allocated GPU memory when a cache of batch x length tokens is created, per token."""
+    if device != "cuda":
+        caches = net.new_caches(batch, length, device, dtype)
+        return sum(c.nbytes for c in caches) / (batch * length)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    caches = net.new_caches(batch, length, device, dtype)
+    torch.cuda.synchronize()
+    grown = torch.cuda.memory_allocated() - before
+    del caches
+    return grown / (batch * length)
+
+
+@torch.inference_mode()
+def time_step(net: GPT, batch: int, context: int, device: str, dtype: torch.dtype, iters: int) -> float:
+    """Seconds for one decode step at `context` cached positions (median of CUDA-graph replays on GPU)."""
+    caches = net.new_caches(batch, context + 1, device, dtype)
+    for cache in caches:
+        for t in cache.tensors.values():
+            t.normal_()
+    idx = torch.randint(0, net.vocab_size, (batch, 1), device=device)
+    step = lambda: net(idx, caches, context)  # noqa: E731
+    if device != "cuda":
+        step()
+        start = time.perf_counter()
+        for _ in range(iters):
+            step()
+        return (time.perf_counter() - start) / iters
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del graph, caches
+    return sorted(times)[len(times) // 2]
+
+
+def kernels(net: GPT, device: str, dtype: torch.dtype, batch: int = 64, context: int = 4096) -> list[str]:
+    """Names of the GPU kernels of one decode step that take the most time (which attention kernels run)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    caches = net.new_caches(batch, context + 1, device, dtype)
+    idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        net(idx, caches, context)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            net(idx, caches, context)
+    events = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    return [f"{e.key[:90]} ({e.device_time_total / 1e3:.2f} ms)" for e in events[:6]]
+
+
+def plot(rows: list[dict], out_dir: Path, batch: int) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for v in variants:
+        pts = [(r["context"], r["tokens_per_s"]) for r in rows if r["variant"] == v and r["batch"] == batch
+               and r.get("tokens_per_s")]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=v)
+    ax.set(xscale="log", yscale="log", xlabel="context length (cached tokens)", ylabel="decode tokens/s",
+           title=f"Decode throughput, batch {batch}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(out_dir / "decode_tokens_per_s.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    contexts = sorted({r["context"] for r in rows})
+    for v in variants:
+        per_token = next(r["bytes_per_token"] for r in rows if r["variant"] == v)
+        ax.plot(contexts, [per_token * c / 2**20 for c in contexts], marker="o", label=v)
+    ax.set(xscale="log", yscale="log", xlabel="context length", ylabel="KV cache per sequence (MiB)",
+           title="KV-cache size per sequence (all layers, bf16)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(out_dir / "decode_cache_bytes.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=VARIANTS, help="names; ':naive' decodes a latent variant unabsorbed")
+    parser.add_argument("--model", default="30m")
+    parser.add_argument("--rank", type=float, default=0.5)
+    parser.add_argument("--contexts", default="512,1024,2048,4096,8192,16384")
+    parser.add_argument("--batches", default="1,8,64,256")
+    parser.add_argument("--budget-gib", type=float, default=40.0, help="memory for the KV cache")
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--plot-batch", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench_decode.json")
+    args = parser.parse_args()
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    contexts = [int(c) for c in args.contexts.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    budget = args.budget_gib * 2**30
+    rows, summary = [], []
+    for variant in args.variants.split(","):
+        if ":" not in variant and variant.startswith(("mla", "mlra")):
+            variant += ":absorbed"
+        net = build(variant, args.model, args.rank, max(contexts) + 1, device, dtype)
+        per_token = net.kv_cache_elements() * dtype.itemsize
+        measured = measured_bytes_per_token(net, device, dtype)
+        info = {"variant": variant, "bytes_per_token": per_token, "measured_bytes_per_token": measured,
+                "max_tokens_in_budget": int(budget // per_token), "params": net.num_params()}
+        if device == "cuda":
+            info["kernels_b64_ctx4096"] = kernels(net, device, dtype)
+        summary.append(info)
+        for context in contexts:
+            for batch in batches:
+                row = {"variant": variant, "context": context, "batch": batch, "bytes_per_token": per_token}
+                if per_token * batch * (context + 1) > budget:
+                    row["skipped"] = f"cache over the {args.budget_gib:g} GiB budget"
+                else:
+                    try:
+                        seconds = time_step(net, batch, context, device, dtype, args.iters)
+                        row.update(ms_per_step=seconds * 1e3, tokens_per_s=batch / seconds)
+                    except torch.OutOfMemoryError:
+                        row["skipped"] = "out of memory (naive decompression of the whole cache)"
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        del net
+
+    print(f"\n{device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), {dtype}, "
+          f"model={args.model}, rank={args.rank}")
+    print("\n| variant | KV bytes/token (formula) | measured | vs mha | max batch x context in "
+          f"{args.budget_gib:g} GiB |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    mha = next((s["bytes_per_token"] for s in summary if s["variant"] == "mha"), None)
+    for s in summary:
+        ratio = f"{s['bytes_per_token'] / mha:.1%}" if mha else "-"
+        print(f"| {s['variant']} | {s['bytes_per_token']:,} | {s['measured_bytes_per_token']:,.0f} | {ratio} | "
+              f"{s['max_tokens_in_budget']:,} |")
+    for batch in batches:
+        print(f"\nDecode tokens/s at batch {batch} (ms per step):\n")
+        print("| variant | " + " | ".join(str(c) for c in contexts) + " |")
+        print("| --- |" + " ---: |" * len(contexts))
+        for s in summary:
+            cells = []
+            for c in contexts:
+                r = next(r for r in rows if r["variant"] == s["variant"] and r["context"] == c and r["batch"] == batch)
+                cells.append(f"{r['tokens_per_s']:,.0f} ({r['ms_per_step']:.2f})" if "tokens_per_s" in r else "-")
+            print(f"| {s['variant']} | " + " | ".join(cells) + " |")
+    if device == "cuda":
+        print("\nKernels of one decode step (batch 64, context 4096):")
+        for s in summary:
+            print(f"- {s['variant']}: " + "; ".join(s["kernels_b64_ctx4096"][:3]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plots = plot(rows, args.out.parent, args.plot_batch)
+    args.out.write_text(json.dumps({
+        "date": str(date.today()), "command": " ".join(sys.argv), "device": device,
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "dtype": str(dtype),
+        "model": args.model, "rank": args.rank, "summary": summary, "rows": rows,
+    }, indent=2))
+    print(f"\nwrote {args.out} and {', '.join(str(p) for p in plots)}")
+
+
+if __name__ == "__main__":
+    main()

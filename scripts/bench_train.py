@@ -1,0 +1,85 @@
+"""Training throughput of every attention variant through the real CLI (Trainer + LightningModule).
+
+    python scripts/bench_train.py [--variants mha,mla_rope] [--rank 0.5] [--out docs/bench_train.json] [-- overrides]
+
+Each variant runs `python -m latentlm.train experiment=bench_train attention=<v>` in its own process and its
+summary.json is tabulated: params, tokens/s, ms/step, MFU (against 989.4 TFLOP/s dense bf16 for H100/H200),
+the ratio to a bf16 matmul rate measured here, and peak memory.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS = "mha,mqa,gqa,mla,mla_rope,mlra"
+
+
+def matmul_tflops(n: int = 8192, repeats: int = 10) -> float | None:
+    """Measured dense bf16 matmul rate (random data, after warm-up), the practical ceiling for MFU."""
+    if not torch.cuda.is_available():
+        return None
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=VARIANTS)
+    parser.add_argument("--rank", type=float, default=0.5)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench_train.json")
+    parser.add_argument("--runs", type=Path, default=REPO / "logs" / "bench_train")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = parser.parse_args()
+
+    matmul = matmul_tflops()
+    rows = []
+    for variant in args.variants.split(","):
+        run_dir = args.runs / f"{variant}-r{args.rank}"
+        cmd = [sys.executable, "-m", "latentlm.train", "experiment=bench_train", f"attention={variant}",
+               f"rank={args.rank}", f"hydra.run.dir={run_dir}", *args.overrides]
+        print("$", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, cwd=REPO, check=True)
+        s = json.loads((run_dir / "summary.json").read_text())
+        cfg_batch_tokens = s["tokens"] / s["steps"]
+        rows.append({
+            "variant": variant, "rank": args.rank, "params": s["params"], "tokens_per_s": s["tokens_per_s"],
+            "ms_per_step": 1e3 * cfg_batch_tokens / s["tokens_per_s"], "mfu": s["mfu"],
+            "flops_per_token": s["flops_per_token"],
+            "matmul_fraction": s["tokens_per_s"] * s["flops_per_token"] / (matmul * 1e12) if matmul else None,
+            "peak_memory_gib": s["peak_memory_gib"], "kv_elements_per_token": s["kv_cache"]["elements_per_token"],
+            "device": s["device"], "precision": s["precision"],
+        })
+    mha = next((r["tokens_per_s"] for r in rows if r["variant"] == "mha"), None)
+    print(f"\n{rows[0]['device']}, {rows[0]['precision']}, bf16 matmul measured: "
+          f"{matmul:.0f} TFLOP/s\n" if matmul else "\n")
+    print("| variant | params | tokens/s | vs mha | ms/step | MFU | of matmul | GFLOP/token | peak GiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        print(f"| {r['variant']} | {r['params'] / 1e6:.1f}M | {r['tokens_per_s'] / 1e6:.2f}M | "
+              f"{fmt(r['tokens_per_s'] / mha if mha else None, '.2f')} | {r['ms_per_step']:.1f} | "
+              f"{fmt(r['mfu'], '.1%')} | {fmt(r['matmul_fraction'], '.1%')} | {r['flops_per_token'] / 1e9:.3f} | "
+              f"{fmt(r['peak_memory_gib'], '.1f')} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"date": str(date.today()), "time": time.strftime("%H:%M:%S"),
+                                    "command": " ".join(sys.argv), "matmul_tflops": matmul, "rows": rows}, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

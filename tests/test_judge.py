@@ -1,0 +1,97 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from latentlm.data.stories import GRAMMAR, Story, generate_stories, story_logprob
+from latentlm.judge import entity_issues, judge_file, judge_texts
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def stories() -> list[Story]:
+    return generate_stories(11, 0, 1000)
+
+
+def first(stories: list[Story], needle: str) -> str:
+    return next(s.text for s in stories if needle in s.text)
+
+
+def test_generated_stories_pass_every_check(stories):
+    result = judge_texts([s.text for s in stories])
+    assert result["n"] == 1000
+    assert result["valid_share"] == result["valid_prefix_share"] == result["consistent_share"] == 1.0
+    assert set(result["rule_failures"].values()) == {0}
+    assert 80 < result["mean_words"] < 300
+
+
+def test_truncated_stories_are_valid_prefixes_and_still_consistent(stories):
+    cut = [s.text[: len(s.text) * (i % 6 + 1) // 7] for i, s in enumerate(stories)]
+    result = judge_texts(cut)
+    assert result["valid_share"] == 0.0
+    assert result["valid_prefix_share"] == 1.0
+    assert result["consistent_share"] == 1.0
+
+
+def test_each_rule_catches_its_corruption(stories):
+    text = first(stories, ". She lived in")
+    assert entity_issues(text.replace(". She lived in", ". He lived in")) == {"pronoun"}
+
+    hero = re.search(r"named ([A-Z][a-z]+)", text).group(1)
+    stranger = next(n for n in GRAMMAR.names_f.options if n not in text)
+    assert entity_issues(text.replace(f"named {hero}", f"named {stranger}", 1)) == {"introduction"}
+
+    text = first(stories, "I can't find")
+    helper, hero = re.search(r'"([A-Z][a-z]+), I can\'t find my [^"]*" \w+ ([A-Z][a-z]+)\.', text).groups()
+    assert entity_issues(text.replace(f'"{helper}, I can\'t', f'"{hero}, I can\'t')) == {"addressee"}
+
+    text = first(stories, "the red ")
+    head, _, tail = text.rpartition("the red ")
+    assert entity_issues(f"{head}the pink {tail}") == {"colour"}
+
+    text = first(stories, "all three ")
+    assert entity_issues(text.replace("all three ", "all five ")) == {"count"}
+    text = first(stories, " left. ")
+    assert entity_issues(re.sub(r"had (only )?\w+ (\w+) left", r"had six \2 left", text)) == {"count"}
+
+
+def test_corruptions_are_also_invalid(stories):
+    she = first(stories, ". She lived in")
+    bad = she.replace(". She lived in", ". He lived in")
+    assert story_logprob(bad) is None
+    result = judge_texts([she, bad, "Hello world.", she[:100]])
+    assert result["valid_share"] == 0.25
+    assert result["valid_prefix_share"] == 0.5
+    assert result["consistent_share"] == 0.75  # only the pronoun swap is inconsistent
+    assert result["rule_failures"]["pronoun"] == 1
+
+
+def test_no_texts():
+    assert judge_texts([])["n"] == 0
+
+
+def run_cli(path: Path, *args: str) -> tuple[str, dict]:
+    proc = subprocess.run([sys.executable, "-m", "latentlm.judge", str(path), *args], cwd=REPO,
+                          capture_output=True, text=True, check=True)
+    *table, last = proc.stdout.strip().splitlines()
+    return "\n".join(table), json.loads(last)
+
+
+def test_cli(tmp_path, stories):
+    texts = [stories[0].text, stories[1].text, stories[2].text[:150], "Not a story at all."]
+    path = tmp_path / "samples.txt"
+    path.write_text("<|endoftext|>".join(texts) + "<|endoftext|>\n", encoding="utf-8")
+    table, result = run_cli(path)
+    assert "valid prefix" in table and "75.0%" in table
+    assert result["n"] == 4
+    assert result["valid_share"] == 0.5
+    assert result["valid_prefix_share"] == 0.75
+    assert result == judge_file(path)
+
+    other = tmp_path / "other.txt"
+    other.write_text("\n=====\n".join(texts[:2]), encoding="utf-8")
+    assert run_cli(other, "--separator", "=====")[1]["valid_share"] == 1.0
