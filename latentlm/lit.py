@@ -70,6 +70,14 @@ class LitGPT(L.LightningModule):
         self.val_loss.reset()
         self.val_acc.reset()
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's AMP plugin refuses to clip for fused optimizers, a guard for fp16 loss scaling. bf16-mixed
+        # and fp32 have no loss scaler, so the gradients are true gradients: clip them directly.
+        if gradient_clip_val and self.trainer.precision not in ("16-mixed", "16"):
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), gradient_clip_val, foreach=True)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         # No weight decay on biases, norms and embeddings (1-D tensors and the tied embedding matrix).
         no_decay = {id(self.net.wte.weight)} | (

@@ -48,6 +48,9 @@ def test_each_rule_catches_its_corruption(stories):
     text = first(stories, "I can't find")
     helper, hero = re.search(r'"([A-Z][a-z]+), I can\'t find my [^"]*" \w+ ([A-Z][a-z]+)\.', text).groups()
     assert entity_issues(text.replace(f'"{helper}, I can\'t', f'"{hero}, I can\'t')) == {"addressee"}
+    stranger = next(n for n in GRAMMAR.names_m.options if n not in text)  # never introduced nor mentioned
+    assert entity_issues(text.replace(f'"{helper}, I can\'t', f'"{stranger}, I can\'t')) == {"addressee",
+                                                                                              "introduction"}
 
     text = first(stories, "the red ")
     head, _, tail = text.rpartition("the red ")

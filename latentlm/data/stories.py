@@ -578,7 +578,7 @@ def _race(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast:
     return helper, G.morals_friends
 
 
-def _lost_animal(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast: list[str]) -> _Outcome:
+def _stray(g: _Deriver, G: Grammar, hero: _Char, toy: _Toy, friend: _Maybe, cast: list[str]) -> _Outcome:
     g.say(" ")
     animal = _character(g, G, G.lost_adjs, G.lost_kinds, cast)
     g.say(" who was ")
@@ -779,6 +779,7 @@ class Grammar:
 
 
 def _a(phrase: str) -> str:
+    """'a red' / 'an orange': the article belongs to the option, as it depends on the word after it."""
     return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
 
 
@@ -1394,7 +1395,7 @@ GRAMMAR = Grammar(
     conflicts=Choice(("could not find the", "dropped the", "took the", "was playing with the",
                       "went on a picnic with", "heard a loud", "wanted to win the", "found",
                       "wanted to build", "wanted to go outside and"),
-                     (_lost, _broken, _stuck, _share, _picnic, _fear, _race, _lost_animal, _build,
+                     (_lost, _broken, _stuck, _share, _picnic, _fear, _race, _stray, _build,
                       _rainy_day)),
     help_leads=Choice(("Just then,", "Soon,", "After a while,", "A moment later,", "Then,", "Luckily,",
                        "Right then,", "All of a sudden,")),
@@ -1580,6 +1581,9 @@ GRAMMAR = Grammar(
     **{f"morals_{k}": Choice(_phrases(v)) for k, v in _MORALS.items()},
 )
 
+# Every sub-grammar, but one option of each word list (the kind is a dog, whose name may be a girl's, a boy's
+# or a neutral one), except what the story program needs more of: each opening shape, two colours, counts
+# and foods, three search spots. 45,600 stories, few enough to enumerate.
 REDUCED_GRAMMAR = GRAMMAR.reduced(
     sizes={"openings": 4, "descs": 2, "numbers": 2, "foods": 2, "spots": 3},
     keep={"conflicts", "endings"},
@@ -1605,6 +1609,7 @@ def generate_story(seed: int, index: int, *, grammar: Grammar = GRAMMAR) -> Stor
 
 
 def generate_stories(seed: int, start: int, count: int, *, grammar: Grammar = GRAMMAR) -> list[Story]:
+    """Stories `start` .. `start + count - 1` of the stream `seed` (each as `generate_story` gives it)."""
     return [generate_story(seed, i, grammar=grammar) for i in range(start, start + count)]
 
 
