@@ -86,7 +86,6 @@ def time_step(net: GPT, batch: int, context: int, device: str, dtype: torch.dtyp
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
-    del graph, caches
     return sorted(times)[len(times) // 2]
 
 
