@@ -125,3 +125,39 @@ class PlainProgress(Callback):
             float(m["val/ppl"]),
             float(m["val/acc"]),
         )
+
+
+class ProfileSteps(Callback):
+    """Profiles `steps` training steps after `start` and logs where the time goes: wall time per step, the GPU's
+    busy time per step, and the kernels that take the most. Add it to any run with
+    `+callbacks.profile._target_=latentlm.callbacks.ProfileSteps`."""
+
+    def __init__(self, start: int = 30, steps: int = 5, top: int = 15):
+        self.start, self.steps, self.top = start, steps, top
+        self._profiler = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.start and self._profiler is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self._profiler = profile(activities=activities)
+            self._profiler.__enter__()
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._profiler is None or trainer.global_step != self.start + self.steps:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - self._t0) / self.steps
+        self._profiler.__exit__(None, None, None)
+        events = self._profiler.key_averages()
+        kernels = [e for e in events if e.device_time_total > 0 and e.device_type.name == "CUDA"]
+        busy = sum(e.device_time_total for e in kernels) / 1e3 / self.steps
+        log.info("profile: %.2f ms wall per step, GPU busy %.2f ms per step", wall * 1e3, busy)
+        for e in sorted(kernels, key=lambda e: -e.device_time_total)[: self.top]:
+            log.info("  %7.3f ms/step %5d calls  %s", e.device_time_total / 1e3 / self.steps, e.count // self.steps,
+                     e.key[:100])
+        self._profiler = None
+        self.start = -1  # once

@@ -20,22 +20,22 @@ class LitGPT(L.LightningModule):
         warmup_steps: int,
         min_lr_ratio: float,
         label_smoothing: float = 0.1,
-        compile: bool = False,
+        compile_mode: str | None = None,
     ):
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.label_smoothing = label_smoothing
-        self.compile_net = compile
+        self.compile_mode = compile_mode  # None: eager; else a torch.compile mode ("default", "max-autotune", ...)
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
 
     def configure_model(self) -> None:
         # Compile the loss with the model, so the logits' cast, log-softmax and smoothing fuse into few kernels.
         # Compiling bound methods (not the module) keeps parameter names, and checkpoints, those of the plain model.
-        if self.compile_net:
-            self._train_loss = torch.compile(self._train_loss)
-            self._val_metrics = torch.compile(self._val_metrics)
+        if self.compile_mode is not None:
+            self._train_loss = torch.compile(self._train_loss, mode=self.compile_mode)
+            self._val_metrics = torch.compile(self._val_metrics, mode=self.compile_mode)
 
     def _logits(self, x: Tensor) -> Tensor:
         """Logits over the real vocab (B * T, V) in fp32 for the losses."""

@@ -66,14 +66,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         trainer_cfg, callbacks=callbacks, logger=loggers, enable_progress_bar=interactive
     )
-    compile_net = cuda if cfg.compile == "auto" else bool(cfg.compile)
+    compile_mode = cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
     module = LitGPT(
         net,
         instantiate(cfg.optimizer),
         cfg.scheduler.warmup_steps,
         cfg.scheduler.min_lr_ratio,
         cfg.label_smoothing,
-        compile=compile_net,
+        compile_mode=compile_mode,
     )
     hparams = {
         "rank": cfg.rank,
