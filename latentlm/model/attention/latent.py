@@ -91,7 +91,8 @@ class LatentAttention(Attention):
         self.rotary = Rotary(self.rope_dim, max_seq_len, rope_base) if self.rope_dim else None
 
     def cache_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"latent": (self.latent_dim,), "k_rope": (self.rope_dim,)}  # k_rope is empty without RoPE
+        # One row [latent | rotary key] a token, so absorbed decoding reads it as a key without copying it.
+        return {"kv": (self.latent_dim + self.rope_dim,)}
 
     def kv_cache_elements(self) -> int:
         return self.latent_dim + self.rope_dim
@@ -101,9 +102,12 @@ class LatentAttention(Attention):
         q_nope, q_rope = self._queries(x, start_pos)  # (B, T, H, d_h), (B, T, H, rope_dim)
         latent, k_rope = self._latent(x, start_pos)  # (B, T, r), (B, T, rope_dim)
         if cache is not None:
-            latent, k_rope = cache.append(start_pos, latent=latent, k_rope=k_rope).values()
-        attend = self._attend_absorbed if cache is not None and self.absorb else self._attend_naive
-        y = attend(q_nope, q_rope, latent, k_rope)  # (B, T, H, d_h)
+            kv = cache.append(start_pos, kv=torch.cat((latent, k_rope), dim=-1))["kv"]  # (B, S, r + rope_dim)
+            latent, k_rope = kv.split([self.latent_dim, self.rope_dim], dim=-1)
+        if cache is not None and self.absorb:
+            y = self._attend_absorbed(q_nope, q_rope, kv)
+        else:
+            y = self._attend_naive(q_nope, q_rope, latent, k_rope)  # (B, T, H, d_h)
         y = y.reshape(B, T, self.n_head * self.head_dim)
         if self.wg is not None:
             y = y * torch.sigmoid(self.wg(x))
@@ -144,22 +148,28 @@ class LatentAttention(Attention):
         y = y.reshape(B, nb, H, T, hd).sum(dim=1) if nb > 1 else y
         return (y * nb**-0.5).transpose(1, 2)
 
-    def _attend_absorbed(self, q_nope: Tensor, q_rope: Tensor, latent: Tensor, k_rope: Tensor) -> Tensor:
-        """Attend over the cached latents directly: W_uk folded into the query, W_uv applied afterwards."""
+    def _attend_absorbed(self, q_nope: Tensor, q_rope: Tensor, kv: Tensor) -> Tensor:
+        """Attend over the cached [latent | rotary key] rows directly: W_uk folded into the query, W_uv after.
+
+        Each latent block acts as one key/value head shared by all query heads, so the heads are folded into
+        the query length (FlashMLA's "MQA mode") and one fused SDPA call reads the cache once, without copies
+        when n_blocks = 1. The value of block b is its latent block; its key appends the shared rotary key.
+        """
         B, T, H, hd = q_nope.shape
-        S, nb = latent.size(1), self.n_blocks
-        w_uk, w_uv = self.wkv_b.view(nb, H, 2 * hd, self.block_dim).split(hd, dim=2)  # (nb, H, d_h, c) each
-        blocks = latent.view(B, S, nb, self.block_dim)
-        q_latent = torch.einsum("bthd,nhdc->bnhtc", q_nope, w_uk)
-        scores = torch.einsum("bnhtc,bsnc->bnhts", q_latent, blocks)
-        if self.rope_dim:
-            scores = scores + torch.einsum("bthr,bsr->bhts", q_rope, k_rope).unsqueeze(1)
-        scores = (
-            scores.to(torch.promote_types(scores.dtype, torch.float32)) * self.scale
-        )  # softmax in >= fp32
-        if T > 1:
-            causal = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril(diagonal=S - T)
-            scores = scores.masked_fill(~causal, float("-inf"))
-        probs = scores.softmax(dim=-1).type_as(blocks)
-        out_latent = torch.einsum("bnhts,bsnc->bnhtc", probs, blocks)
-        return torch.einsum("bnhtc,nhdc->bthd", out_latent, w_uv) * nb**-0.5
+        S, nb, c, rope = kv.size(1), self.n_blocks, self.block_dim, self.rope_dim
+        w_uk, w_uv = self.wkv_b.view(nb, H, 2 * hd, c).split(hd, dim=2)  # (nb, H, d_h, c) each
+        q_latent = torch.einsum("bthd,nhdc->bnthc", q_nope, w_uk)  # (B, nb, T, H, c)
+        q = torch.cat((q_latent, q_rope.unsqueeze(1).expand(B, nb, T, H, rope)), dim=-1).view(B, nb, T * H, c + rope)
+        if nb == 1:
+            k = kv.unsqueeze(1)  # (B, 1, S, r + rope): the cache itself
+        else:
+            latent, k_rope = kv.split([self.latent_dim, rope], dim=-1)
+            k = torch.cat((latent.view(B, S, nb, c), k_rope.unsqueeze(2).expand(B, S, nb, rope)), dim=-1)
+            k = k.transpose(1, 2)  # (B, nb, S, c + rope)
+        v = kv[..., : self.latent_dim].view(B, S, nb, c).transpose(1, 2)  # (B, nb, S, c), a view of the cache
+        mask = None
+        if T > 1:  # query row t * H + h is the token at position S - T + t
+            position = torch.arange(T, device=kv.device).repeat_interleave(H) + (S - T)
+            mask = torch.arange(S, device=kv.device) <= position[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (B, nb, T * H, c)
+        return torch.einsum("bnthc,nhdc->bthd", out.view(B, nb, T, H, c), w_uv) * nb**-0.5
