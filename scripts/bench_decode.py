@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,64,256")
     parser.add_argument("--budget-gib", type=float, default=40.0, help="memory for the KV cache")
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--naive-max-tokens", type=int, default=64 * 8192, help="batch x context cap for :naive")
     parser.add_argument("--plot-batch", type=int, default=64)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench_decode.json")
     args = parser.parse_args()
@@ -174,6 +175,8 @@ def main() -> None:
                 row = {"variant": variant, "context": context, "batch": batch, "bytes_per_token": per_token}
                 if per_token * batch * (context + 1) > budget:
                     row["skipped"] = f"cache over the {args.budget_gib:g} GiB budget"
+                elif variant.endswith(":naive") and batch * context > args.naive_max_tokens:
+                    row["skipped"] = "naive decoding re-expands the whole cache each step: too large"
                 else:
                     try:
                         seconds = time_step(net, batch, context, device, dtype, args.iters)
