@@ -79,9 +79,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "rank": cfg.rank,
         "attention": cfg.attention.name,
         "model": HydraConfig.get().runtime.choices.model,
+        "seed": cfg.seed,
         "params": net.num_params(),
         "params_non_embedding": net.num_params(non_embedding=True),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        **_flatten(OmegaConf.to_container(cfg, resolve=True), "config/"),
     }
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
@@ -94,7 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     summary = _summary(cfg, trainer, net, datamodule, final, throughput, time.time() - started, trainer_cfg)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("summary: %s", out_dir / "summary.json")
-    _finish_wandb(trainer)
+    _finish_wandb(trainer, summary)
     return summary
 
 
@@ -155,12 +156,24 @@ def _git_commit() -> str | None:
         return None
 
 
-def _finish_wandb(trainer: L.Trainer) -> None:
-    """End this job's W&B run, so each job of a multirun is its own run."""
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"d_model": 512}} -> {"model/d_model": 512}: one W&B config column a setting."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat |= _flatten(value, f"{prefix}{key}/")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _finish_wandb(trainer: L.Trainer, summary: dict[str, Any]) -> None:
+    """Put summary.json into this job's W&B run summary and end the run, so each multirun job is its own run."""
     from lightning.pytorch.loggers import WandbLogger
 
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger):
+            lg.experiment.summary.update(summary)
             lg.experiment.finish()
 
 
