@@ -151,29 +151,25 @@ class LatentAttention(Attention):
     def _attend_absorbed(self, q_nope: Tensor, q_rope: Tensor, kv: Tensor) -> Tensor:
         """Attend over the cached [latent | rotary key] rows directly: W_uk folded into the query, W_uv after.
 
-        Each latent block acts as one key/value head shared by every query head, so the queries of all heads
-        (and tokens) are the rows of one matrix: per block, scores = q_b c_b^T + q_rope k_rope^T and out = p c_b,
-        two batched matmuls over views of the cache (measured faster on an H100 than SDPA's memory-efficient
-        kernel, the only fused one for these unequal key/value dims; see docs/benchmarks.md).
+        Each latent block acts as one key/value head shared by all query heads, so the heads are folded into
+        the query length (FlashMLA's "MQA mode") and one fused SDPA call reads the cache once, without copies
+        when n_blocks = 1. The value of block b is its latent block; its key appends the shared rotary key.
         """
         B, T, H, hd = q_nope.shape
         S, nb, c, rope = kv.size(1), self.n_blocks, self.block_dim, self.rope_dim
         w_uk, w_uv = self.wkv_b.view(nb, H, 2 * hd, c).split(hd, dim=2)  # (nb, H, d_h, c) each
-        q_latent = torch.einsum("bthd,nhdc->nbthc", q_nope, w_uk).reshape(nb, B, T * H, c)
-        shared = 0.0  # the rotary part of the scores, the same for every block
-        if rope:
-            shared = q_rope.reshape(B, T * H, rope) @ kv[..., self.latent_dim :].transpose(1, 2)  # (B, T * H, S)
-        future = None
+        q_latent = torch.einsum("bthd,nhdc->bnthc", q_nope, w_uk)  # (B, nb, T, H, c)
+        q = torch.cat((q_latent, q_rope.unsqueeze(1).expand(B, nb, T, H, rope)), dim=-1).view(B, nb, T * H, c + rope)
+        if nb == 1:
+            k = kv.unsqueeze(1)  # (B, 1, S, r + rope): the cache itself
+        else:
+            latent, k_rope = kv.split([self.latent_dim, rope], dim=-1)
+            k = torch.cat((latent.view(B, S, nb, c), k_rope.unsqueeze(2).expand(B, S, nb, rope)), dim=-1)
+            k = k.transpose(1, 2)  # (B, nb, S, c + rope)
+        v = kv[..., : self.latent_dim].view(B, S, nb, c).transpose(1, 2)  # (B, nb, S, c), a view of the cache
+        mask = None
         if T > 1:  # query row t * H + h is the token at position S - T + t
             position = torch.arange(T, device=kv.device).repeat_interleave(H) + (S - T)
-            future = torch.arange(S, device=kv.device) > position[:, None]
-        softmax_dtype = torch.promote_types(kv.dtype, torch.float32)  # fp32 for bf16 caches, fp64 stays fp64
-        out = 0.0
-        for b in range(nb):
-            block = kv[..., b * c : (b + 1) * c]  # (B, S, c): a view of the cache
-            scores = (q_latent[b] @ block.transpose(1, 2) + shared).to(softmax_dtype) * self.scale
-            if future is not None:
-                scores = scores.masked_fill(future, float("-inf"))
-            out_latent = scores.softmax(dim=-1).type_as(kv) @ block  # (B, T * H, c)
-            out = out + torch.einsum("bthc,hdc->bthd", out_latent.view(B, T, H, c), w_uv[b])
-        return out * nb**-0.5
+            mask = torch.arange(S, device=kv.device) <= position[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (B, nb, T * H, c)
+        return torch.einsum("bnthc,nhdc->bthd", out.view(B, nb, T, H, c), w_uv) * nb**-0.5
