@@ -26,6 +26,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
 # Benchmarks print a table and write JSON (and plots) under docs/; meant for a GPU, they also run on a CPU.
+bench-data: $(STAMP)
+	$(PY) scripts/bench_data.py $(ARGS)
+
 bench-train: $(STAMP)
 	$(PY) scripts/bench_train.py $(ARGS)
 

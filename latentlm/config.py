@@ -79,11 +79,11 @@ def validate(cfg: DictConfig) -> None:
             f"data.seq_len={cfg.data.seq_len} is longer than the context "
             f"model.block_size={m.block_size}; use data.seq_len <= {m.block_size}"
         )
-    if cfg.data.get("source") == "text":
-        from latentlm.data.pipeline import text_files
+    if cfg.data.get("source") in ("text", "tinystories"):
+        from latentlm.data.pipeline import check_source
 
         try:
-            text_files(OmegaConf.to_container(cfg.data, resolve=True))
+            check_source(OmegaConf.to_container(cfg.data, resolve=True))
         except FileNotFoundError as err:
             raise ConfigError(str(err)) from None
 

@@ -13,17 +13,30 @@ judged by plain rules over the text, so an ungrammatical sample can still be con
 - count: "all three apples" and "both apples" repeat the first "three apples"; "two apples left" is fewer.
 
 Usage: python -m latentlm.judge samples.txt [--separator '<|endoftext|>']
+       python -m latentlm.judge <run>/checkpoints/best.ckpt [--samples 32] [--prompt 'Once upon a time']
+
+On a checkpoint it first writes samples (from the start token, or after --prompt; the judged text includes the
+prompt). `JudgeSamples` does the same on a few samples at the end of every validation, as val/judge_* metrics.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from latentlm.data.stories import GRAMMAR, NUMBER_WORDS, parse_story
+
+if TYPE_CHECKING:
+    import tiktoken
+
+    from latentlm.model import GPT
+
+log = logging.getLogger(__name__)
 
 RULES = ("introduction", "pronoun", "addressee", "colour", "count")
 
@@ -160,12 +173,115 @@ def format_table(result: dict) -> str:
     return "\n".join(f"{label:<22}{value:>8}" for label, value in rows)
 
 
+def sample_stories(model: GPT, enc: tiktoken.Encoding, n: int, prompt: str = "", max_new_tokens: int = 300,
+                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                   seed: int | None = 0) -> list[str]:
+    """n samples of `model`, each the prompt and its continuation up to <|endoftext|> (left out) or the length cap.
+
+    Every prompt starts with <|endoftext|>, which precedes each story in the training stream, so an empty prompt
+    asks for a whole story. max_new_tokens is cut to what the context holds.
+    """
+    from latentlm.generate import generate
+
+    ids = [enc.eot_token, *enc.encode_ordinary(prompt)]
+    if len(ids) >= model.block_size:
+        raise ValueError(f"prompt of {len(ids)} tokens does not fit the context block_size={model.block_size}")
+    max_new_tokens = min(max_new_tokens, model.block_size - len(ids))
+    outs = generate(model, [ids] * n, max_new_tokens, temperature, top_k, top_p, eot=enc.eot_token, seed=seed)
+    return [prompt + enc.decode([t for t in out if t != enc.eot_token]) for out in outs]
+
+
+def _judge_samples_class() -> type:
+    """JudgeSamples, defined on first use: importing Lightning costs seconds the text-file CLI does not need."""
+    from lightning.pytorch.callbacks import Callback
+
+    class JudgeSamples(Callback):
+        """At the end of each validation (not the sanity check), judge a few samples of the model being trained.
+
+        Logs val/judge_valid_prefix and val/judge_consistent (shares of the samples, see `judge_texts`). Sampling has
+        its own seeded generator, so it neither draws from nor disturbs the training RNG. Skipped when the datamodule
+        has no tokenizer (e.g. RandomTokens).
+        """
+
+        def __init__(self, num_samples: int = 4, max_new_tokens: int = 150, temperature: float = 1.0,
+                     top_k: int | None = None, top_p: float | None = None, prompt: str = "", seed: int = 0):
+            self.num_samples, self.max_new_tokens, self.prompt, self.seed = num_samples, max_new_tokens, prompt, seed
+            self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+            self.last_samples: list[str] = []
+            self._encoding: tiktoken.Encoding | None = None
+
+        def _tokenizer(self, trainer) -> tiktoken.Encoding | None:
+            if self._encoding is None:
+                cache = getattr(trainer.datamodule, "cache", None)
+                if cache is None:
+                    return None
+                self._encoding = cache.encoding()
+            return self._encoding
+
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            if trainer.sanity_checking:
+                return
+            enc = self._tokenizer(trainer)
+            if enc is None:
+                return
+            was_training = pl_module.net.training
+            pl_module.net.eval()
+            try:
+                self.last_samples = sample_stories(pl_module.net, enc, self.num_samples, self.prompt,
+                                                   self.max_new_tokens, self.temperature, self.top_k, self.top_p,
+                                                   self.seed)
+            finally:
+                pl_module.net.train(was_training)
+            result = judge_texts(self.last_samples)
+            pl_module.log("val/judge_valid_prefix", result["valid_prefix_share"])
+            pl_module.log("val/judge_consistent", result["consistent_share"])
+
+    JudgeSamples.__qualname__ = "JudgeSamples"
+    JudgeSamples.__module__ = __name__
+    return JudgeSamples
+
+
+def __getattr__(name: str) -> Any:
+    """`latentlm.judge.JudgeSamples`: the Lightning callback (see `_judge_samples_class`), built when first asked."""
+    if name == "JudgeSamples":
+        cls = _judge_samples_class()
+        globals()["JudgeSamples"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m latentlm.judge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("file", help="text file of samples")
+    parser.add_argument("file", help="text file of samples, or a .ckpt written by latentlm.train to sample from")
     parser.add_argument("--separator", default="<|endoftext|>", help="what separates samples in the file")
+    sampling = parser.add_argument_group("sampling from a checkpoint")
+    sampling.add_argument("--samples", type=int, default=32, help="how many samples to write and judge")
+    sampling.add_argument("--prompt", default="", help="text every sample starts with (default: none, a whole "
+                          "story from the start token); e.g. 'Once upon a time'")
+    sampling.add_argument("--max-new-tokens", type=int, default=300, help="cut to what the context holds")
+    sampling.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    sampling.add_argument("--top-k", type=int, default=None)
+    sampling.add_argument("--top-p", type=float, default=None)
+    sampling.add_argument("--seed", type=int, default=0)
+    sampling.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    sampling.add_argument("--save", default=None, help="also write the samples to this file, separated by "
+                          "--separator, so they can be judged again or read")
     args = parser.parse_args(argv)
-    result = judge_file(args.file, args.separator)
+    if args.file.endswith(".ckpt"):
+        from latentlm.config import ConfigError, fail
+        from latentlm.generate import load_checkpoint
+
+        try:
+            model, enc = load_checkpoint(args.file, args.device)
+            samples = sample_stories(model, enc, args.samples, args.prompt, args.max_new_tokens, args.temperature,
+                                     args.top_k, args.top_p, args.seed)
+        except (ConfigError, ValueError) as err:
+            fail(err)
+        if args.save:
+            Path(args.save).write_text("".join(s + args.separator + "\n" for s in samples), encoding="utf-8")
+        result = judge_texts(samples)
+    else:
+        result = judge_file(args.file, args.separator)
     print(format_table(result))
     print(json.dumps(result, sort_keys=True))
 

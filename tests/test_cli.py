@@ -95,6 +95,7 @@ def test_wandb_offline_run(data_root, tmp_path):
         (["attention=gqa", "attention.n_kv_heads=3"], "attention.n_kv_heads=3 does not divide model.n_head=2"),
         (["data.seq_len=64"], "data.seq_len=64 is longer than the context model.block_size=32"),
         (["data=text", "data.files=/nonexistent/*.txt"], "data.files=/nonexistent/*.txt matches no file"),
+        (["data=tinystories", "data.local_path=/nonexistent"], "data.local_path=/nonexistent does not exist"),
     ],
 )
 def test_bad_config_fails_fast_with_one_line(overrides, expected, tmp_path, monkeypatch, capsys):

@@ -83,3 +83,141 @@ def test_too_small_split_is_a_clear_error(tmp_path):
     np.arange(5, dtype=np.uint16).tofile(path)
     with pytest.raises(ValueError, match="fewer than data.seq_len"):
         PackedTokens(path, seq_len=10, dtype=np.uint16)
+
+
+UNICODE = 'Naïve café, emoji 🙂, CJK 漢字, "quotes" and tabs\tstay.'
+BYTES = {"kind": "bytes"}
+
+
+def decoded_docs(cache, split: str) -> list[str]:
+    tokens = np.fromfile(cache.split_path(split), dtype=cache.dtype)
+    return cache.encoding().decode(tokens.tolist()).split("<|endoftext|>")[:-1]
+
+
+def test_text_keeps_unicode_and_counts_empty_documents(tmp_path, caplog):
+    path = tmp_path / "docs.txt"
+    path.write_text(f"{UNICODE}<|endoftext|>\n\n<|endoftext|>" + "<|endoftext|>".join(DOCS[:9]) + "<|endoftext|>",
+                    encoding="utf-8")  # 2 empty documents: one of blank lines, one after the last separator
+    jsonl = tmp_path / "more.jsonl"
+    jsonl.write_text('{"text": "  "}\n{"text": "Über 🙂"}\n', encoding="utf-8")
+    cfg = {"source": "text", "files": [str(path), str(jsonl)], "separator": "<|endoftext|>", "val_fraction": 0.1}
+    with caplog.at_level("INFO", logger="latentlm.data.pipeline"):
+        cache = build_cache(tmp_path / "cache", cfg, BPE)
+    assert cache.meta["empty_documents_skipped"] == 3
+    assert "skipped 3 empty documents" in caplog.text
+    assert decoded_docs(cache, "train") == [UNICODE, *DOCS[:9]]
+    assert decoded_docs(cache, "val") == ["Über 🙂"]
+
+
+def test_literal_eot_inside_a_document_stays_text(tmp_path):
+    path = tmp_path / "docs.txt"
+    path.write_text("\n===\n".join(["An <|endoftext|> inside.", *DOCS[:5]]), encoding="utf-8")
+    cfg = {"source": "text", "files": [str(path)], "separator": "===", "val_fraction": 0.2}
+    cache = build_cache(tmp_path / "cache", cfg, BYTES)
+    tokens = np.fromfile(cache.split_path("train"), dtype=cache.dtype)
+    assert (tokens == 256).sum() == cache.meta["splits"]["train"]["documents"] == 5  # one EOT per document
+    assert cache.encoding().decode(tokens[: tokens.tolist().index(256)].tolist()) == "An <|endoftext|> inside."
+
+
+def test_worker_processes_give_the_same_cache(tmp_path, monkeypatch):
+    cfg = {"source": "synthetic", "num_stories": 120, "val_stories": 10, "seed": 3}
+    serial = build_cache(tmp_path / "serial", cfg, BPE)
+    monkeypatch.setattr(pipeline, "PARALLEL_MIN_DOCS", 0)  # use the pool for these few stories
+    assert len(pipeline._chunks(120, 2)) > 1
+    forked = build_cache(tmp_path / "forked", cfg, BPE, num_proc=2)
+    for split in ("train", "val"):
+        assert forked.split_path(split).read_bytes() == serial.split_path(split).read_bytes()
+        assert forked.meta["splits"][split] == serial.meta["splits"][split]  # tokens, bytes, logp, floor
+    assert set(forked.meta["build_seconds"]) == {"documents", "tokenizer", "tokenize", "total"}
+
+
+# TinyStories in the dataset's own schema (one `text` column), as on the Hub.
+STORIES = [f"Once upon a time, {name} found {i} shells. The end 🙂" for i, name in
+           enumerate(["Lily", "Tom", "Ben", "Mia", "Sue"] * 6)]
+
+
+def tinystories_cfg(local_path, hf_cache, **kw):
+    return {"source": "tinystories", "path": "roneneldan/TinyStories", "local_path": local_path and str(local_path),
+            "separator": "<|endoftext|>", "num_stories": 12, "val_stories": 3, "hf_cache_dir": str(hf_cache), **kw}
+
+
+def test_tinystories_from_local_parquet_in_its_schema(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "TinyStories" / "data"
+    data.mkdir(parents=True)
+    train = [*STORIES[:5], "", *STORIES[5:25]]  # one empty story: skipped and counted
+    pq.write_table(pa.table({"text": train}), data / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"text": STORIES[25:]}), data / "validation-00000-of-00001.parquet")
+    cfg = tinystories_cfg(tmp_path / "TinyStories", tmp_path / "hf")
+    cache = build_cache(tmp_path / "cache", cfg, BYTES)
+    assert decoded_docs(cache, "train") == STORIES[:12]  # the first num_stories, unicode kept
+    assert decoded_docs(cache, "val") == STORIES[25:28]  # from the validation files
+    assert cache.meta["empty_documents_skipped"] == 1
+    assert cache.path.name.startswith("tinystories-")
+
+
+def test_tinystories_from_txt_files_split_by_name_or_carved(tmp_path):
+    folder = tmp_path / "ts"
+    folder.mkdir()
+    as_txt = lambda stories: "".join(f"{s}\n<|endoftext|>\n" for s in stories)  # noqa: E731 (TinyStories-*.txt)
+    (folder / "TinyStories-train.txt").write_text(as_txt(STORIES[:20]), encoding="utf-8")
+    (folder / "TinyStories-valid.txt").write_text(as_txt(STORIES[20:]), encoding="utf-8")
+    files = {"train": [str(folder / "TinyStories-train.txt")], "validation": [str(folder / "TinyStories-valid.txt")]}
+    assert pipeline.tinystories_files(tinystories_cfg(folder, tmp_path / "hf")) == ("text", files)
+    cache = build_cache(tmp_path / "cache", tinystories_cfg(folder, tmp_path / "hf"), BYTES)
+    assert decoded_docs(cache, "train") == STORIES[:12] and decoded_docs(cache, "val") == STORIES[20:23]
+    # One file: validation stories are its first val_stories, training stories follow them.
+    one = tinystories_cfg(folder / "TinyStories-train.txt", tmp_path / "hf", num_stories=None)
+    cache = build_cache(tmp_path / "cache", one, BYTES)
+    assert decoded_docs(cache, "val") == STORIES[:3] and decoded_docs(cache, "train") == STORIES[3:20]
+    assert cache.meta["empty_documents_skipped"] == 1  # the text after the last separator
+
+
+def test_tinystories_missing_local_path_names_the_key(tmp_path):
+    cfg = tinystories_cfg(tmp_path / "nowhere", tmp_path / "hf")
+    with pytest.raises(FileNotFoundError, match=r"^data.local_path=\S+/nowhere does not exist; give a folder"):
+        pipeline.check_source(cfg)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no .parquet, .jsonl, .json or .txt file"):
+        pipeline.check_source(tinystories_cfg(tmp_path / "empty", tmp_path / "hf"))
+    pipeline.check_source({**cfg, "local_path": None})  # the Hub: nothing to check before loading
+
+
+def test_tinystories_offline_without_cache_names_both_fixes(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    cfg = tinystories_cfg(None, tmp_path / "empty_hf_cache")
+    with pytest.raises(RuntimeError) as err:
+        pipeline.documents(cfg)
+    assert "HF_DATASETS_OFFLINE=1" in str(err.value) and "data.local_path=" in str(err.value)
+    assert "data.path=roneneldan/TinyStories" in str(err.value)
+
+
+def test_tinystories_from_the_hub_takes_the_first_stories_of_each_split(tmp_path, monkeypatch):
+    import datasets
+
+    hub = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": STORIES[:20]}),
+                                "validation": datasets.Dataset.from_dict({"text": ["", *STORIES[20:]]})})
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, **kw: calls.append((path, kw)) or hub)
+    splits = pipeline.documents(tinystories_cfg(None, tmp_path / "hf"), report=(report := {}))
+    assert calls == [("roneneldan/TinyStories", {"cache_dir": str(tmp_path / "hf")})]
+    assert splits["train"]["text"] == STORIES[:12] and splits["val"]["text"] == STORIES[20:23]
+    assert report == {"empty_documents_skipped": 1}
+
+
+def test_joined_tokenisation_equals_one_call_a_document(tmp_path):
+    from latentlm.data.tokenizer import load_encoding, train_bpe
+
+    texts = [*DOCS[:20], UNICODE, "ends with spaces   ", "  starts with spaces", "two\n\nlines\n", "'s 're 12 34"]
+    train_bpe(texts * 5, 300, tmp_path / "tok.tiktoken")
+    for enc in (load_encoding("bpe", tmp_path / "tok.tiktoken"), load_encoding("bytes")):
+        per_doc = [t for text in texts for t in [*enc.encode_ordinary(text), enc.eot_token]]
+        pipeline._WORK.update({"encoding": enc, "texts": texts, "dtype": np.uint32})
+        try:
+            assert pipeline._encode_chunk(0, len(texts)).tolist() == per_doc
+        finally:
+            pipeline._WORK.clear()

@@ -98,3 +98,68 @@ def test_cli(tmp_path, stories):
     other = tmp_path / "other.txt"
     other.write_text("\n=====\n".join(texts[:2]), encoding="utf-8")
     assert run_cli(other, "--separator", "=====")[1]["valid_share"] == 1.0
+
+
+def test_cli_on_a_checkpoint_samples_then_judges(smoke_run, tmp_path, capsys):
+    from latentlm.judge import main
+
+    ckpt = str(smoke_run / "checkpoints" / "last.ckpt")
+    saved = tmp_path / "samples.txt"
+    main([ckpt, "--samples", "3", "--max-new-tokens", "12", "--seed", "1", "--save", str(saved)])
+    *table, last = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(last)
+    assert result["n"] == 3 and "valid prefix" in "\n".join(table)
+    assert result == judge_file(saved)  # the saved samples are what was judged
+    main([ckpt, "--samples", "3", "--max-new-tokens", "12", "--seed", "1", "--save", str(tmp_path / "again.txt")])
+    assert (tmp_path / "again.txt").read_text() == saved.read_text()  # seeded: the same samples
+
+    main([ckpt, "--samples", "2", "--max-new-tokens", "5", "--prompt", "Once upon a time", "--temperature", "0",
+          "--save", str(saved)])
+    samples = [s for s in saved.read_text().split("<|endoftext|>\n") if s]
+    assert len(samples) == 2 and samples[0] == samples[1] and samples[0].startswith("Once upon a time")
+
+
+class _Recorder:
+    """Stands in for the LightningModule: the net and what it logs."""
+
+    def __init__(self, net):
+        self.net, self.logged = net, {}
+
+    def log(self, key, value):
+        self.logged[key] = value
+
+
+def test_judge_samples_callback_skips_sanity_check_and_tokenizer_less_data(smoke_run):
+    from types import SimpleNamespace
+
+    from latentlm.data.datamodule import RandomTokens
+    from latentlm.generate import load_checkpoint
+    from latentlm.judge import JudgeSamples
+
+    net, enc = load_checkpoint(smoke_run / "checkpoints" / "last.ckpt")
+    net.train()
+    stories_dm = SimpleNamespace(cache=SimpleNamespace(encoding=lambda: enc))
+    callback = JudgeSamples(num_samples=2, max_new_tokens=10)
+    for trainer in (SimpleNamespace(sanity_checking=True, datamodule=stories_dm),
+                    SimpleNamespace(sanity_checking=False, datamodule=RandomTokens(64, 8, 2))):
+        module = _Recorder(net)
+        callback.on_validation_epoch_end(trainer, module)
+        assert module.logged == {}
+    module = _Recorder(net)
+    callback.on_validation_epoch_end(SimpleNamespace(sanity_checking=False, datamodule=stories_dm), module)
+    assert set(module.logged) == {"val/judge_valid_prefix", "val/judge_consistent"}
+    assert module.logged["val/judge_valid_prefix"] == judge_texts(callback.last_samples)["valid_prefix_share"]
+    assert len(callback.last_samples) == 2 and net.training  # the net's mode is put back
+
+
+def test_judge_samples_callback_in_a_training_run(data_root, tmp_path):
+    from conftest import read_metrics, run_train, series
+
+    run_dir = tmp_path / "run"
+    run_train("experiment=smoke", "callbacks=with_judge", "trainer.max_steps=10", "trainer.val_check_interval=5",
+              f"hydra.run.dir={run_dir}", root=data_root)
+    rows = read_metrics(run_dir)
+    valid, consistent = series(rows, "val/judge_valid_prefix"), series(rows, "val/judge_consistent")
+    # Both validations in training and the final one (the sanity check logs nothing).
+    assert [s for s, _ in valid] == [s for s, _ in consistent] == [s for s, _ in series(rows, "val/loss")]
+    assert len(valid) == 3 and all(0 <= v <= 1 for _, v in valid + consistent)

@@ -5,6 +5,7 @@ The BPE is trained with HF tokenizers' byte-level BPE trainer and saved in tikto
 """
 
 import base64
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -19,6 +20,15 @@ EOT = "<|endoftext|>"
 # GPT-2's pre-tokenisation regex; HF's ByteLevel(use_regex=True) splits with the same pattern.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 KINDS = ("bpe", "gpt2", "bytes")
+# The files tiktoken's gpt2 encoding reads; its cache keeps each under the SHA-1 of its URL and checks its SHA-256.
+GPT2_URLS = tuple(
+    f"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/{name}" for name in ("vocab.bpe", "encoder.json")
+)
+
+
+def tiktoken_cache_name(url: str) -> str:
+    """The file name tiktoken gives `url` inside TIKTOKEN_CACHE_DIR."""
+    return hashlib.sha1(url.encode()).hexdigest()
 
 
 def _unicode_to_byte() -> dict[str, int]:
@@ -85,6 +95,8 @@ def load_encoding(kind: str, path: Path | None = None) -> tiktoken.Encoding:
                 f"tokenizer=gpt2 needs tiktoken's gpt2 files, which could not be loaded ({type(err).__name__}); "
                 f"TIKTOKEN_CACHE_DIR={cache}. On a machine with network, run "
                 "`python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\"` with TIKTOKEN_CACHE_DIR set, "
-                "then copy that folder here and set TIKTOKEN_CACHE_DIR to it"
+                "then copy that folder here and set TIKTOKEN_CACHE_DIR to it (or save "
+                + " and ".join(f"{url} as {tiktoken_cache_name(url)}" for url in GPT2_URLS)
+                + " in it)"
             ) from err
     raise ValueError(f"tokenizer.kind={kind!r} is unknown; choose one of: {', '.join(KINDS)}")
