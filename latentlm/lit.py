@@ -27,15 +27,13 @@ class LitGPT(L.LightningModule):
         self.optimizer_factory = optimizer
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.label_smoothing = label_smoothing
-        self.compile_mode = compile_mode  # None: eager; else a torch.compile mode ("default", "max-autotune", ...)
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
-
-    def configure_model(self) -> None:
-        # Compile the loss with the model, so the logits' cast, log-softmax and smoothing fuse into few kernels.
-        # Compiling bound methods (not the module) keeps parameter names, and checkpoints, those of the plain model.
-        if self.compile_mode is not None:
-            self._train_loss = torch.compile(self._train_loss, mode=self.compile_mode)
-            self._val_metrics = torch.compile(self._val_metrics, mode=self.compile_mode)
+        if compile_mode is not None:
+            # Compile the loss with the model, so the logits' cast, log-softmax and smoothing fuse into few kernels.
+            # Compiling bound methods (not the module) keeps parameter names, and checkpoints, those of the plain
+            # model. torch.compile is lazy: nothing is compiled before the first step, on whatever device.
+            self._train_loss = torch.compile(self._train_loss, mode=compile_mode)
+            self._val_metrics = torch.compile(self._val_metrics, mode=compile_mode)
 
     def _logits(self, x: Tensor) -> Tensor:
         """Logits over the real vocab (B * T, V) in fp32 for the losses."""

@@ -66,20 +66,13 @@ def test_absorbed_equals_naive(name, rank):
     torch.testing.assert_close(logits[True], logits[False], rtol=1e-10, atol=1e-12)
 
 
-def test_mqa_equals_gqa_with_one_kv_head():
-    mqa = make_gpt("mqa")
-    gqa = make_gpt("gqa", n_kv_heads=1)
-    gqa.load_state_dict(mqa.state_dict())
+@pytest.mark.parametrize(("name", "n_kv_heads"), [("mqa", 1), ("mha_rope", H)])
+def test_mqa_and_mha_are_gqa_with_one_and_every_kv_head(name, n_kv_heads):
+    special = make_gpt(name)
+    gqa = make_gpt("gqa", n_kv_heads=n_kv_heads)
+    gqa.load_state_dict(special.state_dict())
     idx = torch.randint(0, VOCAB, (2, 20))
-    torch.testing.assert_close(mqa(idx), gqa(idx), rtol=0, atol=0)
-
-
-def test_mha_equals_gqa_with_every_head():
-    mha = make_gpt("mha_rope")
-    gqa = make_gpt("gqa", n_kv_heads=H)
-    gqa.load_state_dict(mha.state_dict())
-    idx = torch.randint(0, VOCAB, (2, 20))
-    torch.testing.assert_close(mha(idx), gqa(idx), rtol=0, atol=0)
+    torch.testing.assert_close(special(idx), gqa(idx), rtol=0, atol=0)
 
 
 def test_mlra_with_one_block_is_mla():

@@ -142,3 +142,21 @@ def test_every_attention_variant_trains_through_the_cli(data_root, tmp_path):
         assert summary["attention"] == name and summary["steps"] == 30
         val = [v for _, v in series(read_metrics(sweep / str(i)), "val/loss")]
         assert val[-1] < val[0] - 0.2, (name, val)
+
+
+def test_compiled_training_matches_eager(data_root, tmp_path):
+    """The GPU path compiles model + loss (torch.compile also runs on CPU): same losses as eager training."""
+    finals = {}
+    for compiled in ("true", "false"):
+        run_dir = tmp_path / compiled
+        run_train(
+            "experiment=smoke",
+            f"compile={compiled}",
+            "trainer.max_steps=6",
+            "trainer.val_check_interval=3",
+            f"hydra.run.dir={run_dir}",
+            root=data_root,
+            timeout=600,
+        )
+        finals[compiled] = json.loads((run_dir / "summary.json").read_text())["val_loss_final"]
+    assert finals["true"] == pytest.approx(finals["false"], rel=1e-4)
