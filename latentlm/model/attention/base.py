@@ -69,12 +69,11 @@ class Attention(nn.Module, ABC):
     start_pos and attends over every cached position: a prompt prefill when T > 1, a decode step when T == 1.
     """
 
-    def __init__(self, d_model: int, n_head: int, max_seq_len: int, dropout: float = 0.0):
+    def __init__(self, d_model: int, n_head: int, dropout: float = 0.0):
         super().__init__()
         if d_model % n_head:
             raise ValueError(f"n_head={n_head} must divide d_model={d_model}")
         self.d_model, self.n_head, self.head_dim = d_model, n_head, d_model // n_head
-        self.max_seq_len = max_seq_len
         self.dropout = dropout
 
     @abstractmethod

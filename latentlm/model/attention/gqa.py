@@ -27,7 +27,7 @@ class GroupedQueryAttention(Attention):
         rope: bool = False,
         rope_base: float = 10_000.0,
     ):
-        super().__init__(d_model, n_head, max_seq_len, dropout)
+        super().__init__(d_model, n_head, dropout)
         self.n_kv_heads = n_head if n_kv_heads is None else n_kv_heads
         if self.n_kv_heads < 1 or n_head % self.n_kv_heads:
             raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_head={n_head}")

@@ -54,7 +54,7 @@ class LatentAttention(Attention):
         absorb: bool = True,
         rope_base: float = 10_000.0,
     ):
-        super().__init__(d_model, n_head, max_seq_len, dropout)
+        super().__init__(d_model, n_head, dropout)
         if not 0 < rank <= 1:
             raise ValueError(f"rank={rank} must be in (0, 1]")
         hd = self.head_dim
@@ -145,8 +145,9 @@ class LatentAttention(Attention):
             self.scale,
             self.attn_dropout,
         )  # (B, nb * H, T, d_h)
-        y = y.reshape(B, nb, H, T, hd).sum(dim=1) if nb > 1 else y
-        return (y * nb**-0.5).transpose(1, 2)
+        if nb > 1:  # MLRA: sum the blocks' outputs, scaled by 1/sqrt(n_blocks)
+            y = y.reshape(B, nb, H, T, hd).sum(dim=1) * nb**-0.5
+        return y.transpose(1, 2)
 
     def _attend_absorbed(self, q_nope: Tensor, q_rope: Tensor, kv: Tensor) -> Tensor:
         """Attend over the cached [latent | rotary key] rows directly: W_uk folded into the query, W_uv after.
