@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentlm.model.attention import latent_decode
 from latentlm.model.attention.base import Attention, KVCache, causal_attention
 from latentlm.model.attention.registry import register
 from latentlm.model.rope import Rotary
@@ -152,15 +153,26 @@ class LatentAttention(Attention):
     def _attend_absorbed(self, q_nope: Tensor, q_rope: Tensor, kv: Tensor) -> Tensor:
         """Attend over the cached [latent | rotary key] rows directly: W_uk folded into the query, W_uv after.
 
-        Each latent block acts as one key/value head shared by all query heads, so the heads are folded into
-        the query length (FlashMLA's "MQA mode") and one fused SDPA call reads the cache once, without copies
-        when n_blocks = 1. The value of block b is its latent block; its key appends the shared rotary key.
+        Each latent block acts as one key/value head shared by all query heads (FlashMLA's "MQA mode"): the
+        value of block n is its latent block, its key appends the shared rotary key. A decode step runs the
+        split-KV Triton kernel where it applies (see latent_decode), otherwise one SDPA call.
         """
         B, T, H, hd = q_nope.shape
-        S, nb, c, rope = kv.size(1), self.n_blocks, self.block_dim, self.rope_dim
+        nb, c, rope = self.n_blocks, self.block_dim, self.rope_dim
         w_uk, w_uv = self.wkv_b.view(nb, H, 2 * hd, c).split(hd, dim=2)  # (nb, H, d_h, c) each
         q_latent = torch.einsum("bthd,nhdc->bnthc", q_nope, w_uk)  # (B, nb, T, H, c)
         q = torch.cat((q_latent, q_rope.unsqueeze(1).expand(B, nb, T, H, rope)), dim=-1).view(B, nb, T * H, c + rope)
+        if T == 1 and latent_decode.supported(kv, c, rope):
+            out = latent_decode.attend(q, kv, nb, c, rope, self.scale)  # (B, nb, H, c)
+        else:
+            out = self._sdpa_over_cache(q, kv, T)  # (B, nb, T * H, c)
+        return torch.einsum("bnthc,nhdc->bthd", out.view(B, nb, T, H, c), w_uv) * nb**-0.5
+
+    def _sdpa_over_cache(self, q: Tensor, kv: Tensor, T: int) -> Tensor:
+        """SDPA with the heads folded into the query length: one call reads the cache, without copies when
+        n_blocks = 1 (MLRA concatenates each block with the rotary key)."""
+        B, nb, TH, _ = q.shape
+        S, c, rope = kv.size(1), self.block_dim, self.rope_dim
         if nb == 1:
             k = kv.unsqueeze(1)  # (B, 1, S, r + rope): the cache itself
         else:
@@ -170,7 +182,6 @@ class LatentAttention(Attention):
         v = kv[..., : self.latent_dim].view(B, S, nb, c).transpose(1, 2)  # (B, nb, S, c), a view of the cache
         mask = None
         if T > 1:  # query row t * H + h is the token at position S - T + t
-            position = torch.arange(T, device=kv.device).repeat_interleave(H) + (S - T)
+            position = torch.arange(T, device=kv.device).repeat_interleave(TH // T) + (S - T)
             mask = torch.arange(S, device=kv.device) <= position[:, None]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (B, nb, T * H, c)
-        return torch.einsum("bnthc,nhdc->bthd", out.view(B, nb, T, H, c), w_uv) * nb**-0.5
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)

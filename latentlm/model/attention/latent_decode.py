@@ -1,0 +1,141 @@
+"""A split-KV (FlashDecoding) Triton kernel for one decode step of absorbed latent attention (MLA, MLRA).
+
+In absorbed decoding every query head attends over the same cached rows [latent | rotary key], so the cache is
+one key/value head shared by all heads (FlashMLA's "MQA mode"). For MLA+RoPE the key is 288 wide and the value
+256 (the latent part of the same row); no flash/cuDNN SDPA kernel takes unequal widths, and the generic
+fallback reads the cache several times slower than the memory allows. This kernel reads each cached row once
+for all heads:
+
+    program (sequence b, latent block n, split s) loops over its share of the cached positions j:
+        score[h, j] = (q_latent[h] . c_j[block n] + q_rope[h] . k_rope_j) * scale   (H_PAD x BLOCK_N, tl.dot)
+        online softmax over j;  acc[h] += p[h, j] c_j[block n]                       (the value is the latent)
+    then the splits are merged by their log-sum-exp.
+
+Used for T == 1 steps on CUDA with bf16/fp16 caches when the block width and rotary width are powers of two;
+`supported` says when. Everything else (CPU, prefill chunks, other widths) takes the SDPA path, which the tests
+pin this kernel against (on GPU, and on CPU through Triton's interpreter).
+"""
+
+import math
+import os
+from functools import cache
+
+import torch
+from torch import Tensor
+
+BLOCK_N = 64  # cached positions per inner-loop tile
+NUM_WARPS, NUM_STAGES = 4, 2
+MIN_SPLIT = 256  # fewest positions per split: below this, merging partial results costs more than it saves
+
+
+def _pow2(n: int) -> bool:
+    return n >= 16 and n & (n - 1) == 0
+
+
+def supported(kv: Tensor, block_dim: int, rope_dim: int) -> bool:
+    """Whether `attend` runs for this cache: CUDA (or Triton's interpreter), 16-bit, power-of-two widths."""
+    on_device = kv.is_cuda or (kv.device.type == "cpu" and _interpreting())
+    widths = _pow2(block_dim) and (rope_dim == 0 or _pow2(rope_dim))
+    return on_device and widths and kv.dtype in (torch.bfloat16, torch.float16) and kv.stride(-1) == 1 and _triton()
+
+
+@cache
+def _triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def attend(
+    q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None
+) -> Tensor:
+    """Softmax attention of one query token per sequence over every cached row.
+
+    q: (B, n_blocks, H, block_dim + rope_dim), the absorbed queries of each latent block.
+    kv: (B, S, n_blocks * block_dim + rope_dim), the cache; block n's key is [c_n | k_rope], its value c_n.
+    splits: how many parts the positions are cut into (None: enough programs to fill the GPU twice over, but
+    no part shorter than MIN_SPLIT positions). Returns (B, n_blocks, H, block_dim) in q's dtype.
+    """
+    B, nb, H, width = q.shape
+    S = kv.size(1)
+    assert nb == n_blocks and width == block_dim + rope_dim and kv.size(2) == n_blocks * block_dim + rope_dim
+    q = q.reshape(B * nb, H, width).contiguous()
+    if splits is None:
+        sms = torch.cuda.get_device_properties(kv.device).multi_processor_count if kv.is_cuda else 1
+        splits = max(1, min(math.ceil(2 * sms / (B * nb)), S // MIN_SPLIT))
+    per_split = math.ceil(S / splits / BLOCK_N) * BLOCK_N
+    splits = math.ceil(S / per_split)  # every split non-empty
+    out = torch.empty(B * nb, splits, H, block_dim, device=q.device, dtype=torch.float32)
+    lse = torch.empty(B * nb, splits, H, device=q.device, dtype=torch.float32)
+    _kernel()[(B * nb, splits)](
+        q, kv, out, lse,
+        q.stride(0), q.stride(1), kv.stride(0), kv.stride(1),
+        out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
+        S, per_split, nb, nb * block_dim, scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
+        H=H, H_PAD=max(16, 1 << (H - 1).bit_length()), C=block_dim, R=rope_dim, BLOCK_N=BLOCK_N,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+    )
+    # Merge the splits: each holds softmax-normalised outputs over its positions and their log2-sum-exp.
+    weights = torch.softmax(lse * math.log(2), dim=1)  # (B * nb, splits, H)
+    merged = (weights.unsqueeze(-1) * out).sum(dim=1)  # (B * nb, H, block_dim)
+    return merged.to(q.dtype).view(B, nb, H, block_dim)
+
+
+@cache
+def _kernel():
+    """Compiled on first use, so that importing latentlm needs no Triton (CPU installs, CI)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def latent_decode_kernel(
+        Q, KV, O, LSE,
+        stride_qb, stride_qh, stride_kvb, stride_kvs,
+        stride_ob, stride_os, stride_oh, stride_lb, stride_ls,
+        S, per_split, n_blocks, latent_dim, scale_log2,
+        H: tl.constexpr, H_PAD: tl.constexpr, C: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        row = tl.program_id(0)  # sequence b, latent block n: row = b * n_blocks + n
+        split = tl.program_id(1)
+        b, blk = row // n_blocks, row % n_blocks
+        heads = tl.arange(0, H_PAD)
+        head_ok = heads < H  # heads padded to 16 rows, the smallest tl.dot
+        c = tl.arange(0, C)
+        q_ptr = Q + row * stride_qb + heads[:, None] * stride_qh
+        q_lat = tl.load(q_ptr + c[None, :], mask=head_ok[:, None], other=0.0)  # (H_PAD, C)
+        if R > 0:
+            r = tl.arange(0, R)
+            q_rope = tl.load(q_ptr + C + r[None, :], mask=head_ok[:, None], other=0.0)  # (H_PAD, R)
+
+        m = tl.full((H_PAD,), float("-inf"), tl.float32)  # running max of scores (log2 units)
+        l = tl.zeros((H_PAD,), tl.float32)  # running sum of exp2(score - m)
+        acc = tl.zeros((H_PAD, C), tl.float32)
+        kv_ptr = KV + b * stride_kvb
+        for n0 in range(split * per_split, (split + 1) * per_split, BLOCK_N):  # per_split: a multiple of BLOCK_N
+            n = n0 + tl.arange(0, BLOCK_N)
+            n_ok = n < S  # the last split's tail; every split's first position is < S
+            c_j = tl.load(kv_ptr + n[:, None] * stride_kvs + blk * C + c[None, :], mask=n_ok[:, None], other=0.0)
+            s = tl.dot(q_lat, tl.trans(c_j))  # (H_PAD, BLOCK_N)
+            if R > 0:
+                k_rope = tl.load(kv_ptr + n[:, None] * stride_kvs + latent_dim + r[None, :], mask=n_ok[:, None],
+                                 other=0.0)
+                s += tl.dot(q_rope, tl.trans(k_rope))
+            s = tl.where(n_ok[None, :], s * scale_log2, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l = l * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(c_j.dtype), c_j)
+            m = m_new
+
+        o_ptr = O + row * stride_ob + split * stride_os + heads[:, None] * stride_oh + c[None, :]
+        tl.store(o_ptr, acc / l[:, None], mask=head_ok[:, None])
+        tl.store(LSE + row * stride_lb + split * stride_ls + heads, m + tl.log2(l), mask=head_ok)
+
+    return latent_decode_kernel

@@ -1,0 +1,92 @@
+"""The split-KV Triton decode kernel of latent attention against SDPA: on CPU through Triton's interpreter
+(fp16: the interpreter mishandles bf16), on GPU in bf16 inside the model."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentlm.model.attention import latent_decode
+
+triton = pytest.importorskip("triton")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def reference(q: torch.Tensor, kv: torch.Tensor, nb: int, c: int, rope: int, scale: float) -> torch.Tensor:
+    """Block n's key is [c_n | k_rope] and its value c_n, for every head: plain SDPA per block in fp32."""
+    B, _, H, _ = q.shape
+    S = kv.size(1)
+    out = []
+    for n in range(nb):
+        k = torch.cat((kv[..., n * c : (n + 1) * c], kv[..., nb * c :]), dim=-1).float()
+        v = kv[..., n * c : (n + 1) * c].float()
+        out.append(F.scaled_dot_product_attention(
+            q[:, n].float().unsqueeze(2), k[:, None].expand(B, H, S, c + rope), v[:, None].expand(B, H, S, c),
+            scale=scale,
+        ).squeeze(2))
+    return torch.stack(out, dim=1)
+
+
+CASES = [  # (n_blocks, block width, rotary width, heads, cached positions, splits)
+    (1, 32, 16, 8, 300, 1),  # MLA+RoPE shape, one split with a ragged last tile
+    (1, 32, 16, 4, 300, 3),  # split-KV merge; heads padded to 16 rows
+    (2, 16, 0, 8, 200, 2),  # MLRA blocks, no rotary key (MLA without RoPE)
+    (4, 16, 16, 20, 65, 2),  # more heads than 16; the last split holds one position
+]
+
+
+def check_cases() -> None:
+    """Run in a process with TRITON_INTERPRET=1 (Triton reads it when it is imported)."""
+    for nb, c, rope, heads, length, splits in CASES:
+        torch.manual_seed(0)
+        kv = torch.randn(2, length + 7, nb * c + rope).half()[:, :length]  # a view of a longer cache
+        q = torch.randn(2, nb, heads, c + rope).half()
+        assert latent_decode.supported(kv, c, rope)
+        out = latent_decode.attend(q, kv, nb, c, rope, scale=0.3, splits=splits)
+        ref = reference(q, kv, nb, c, rope, 0.3)
+        assert out.shape == ref.shape and out.dtype == q.dtype
+        error = (out.float() - ref).abs().max().item()
+        assert error < 2e-3, f"case {(nb, c, rope, heads, length, splits)}: max error {error}"
+
+
+@pytest.mark.skipif(tuple(map(int, triton.__version__.split(".")[:2])) < (3, 8),
+                    reason="Triton's interpreter before 3.8 fails on numpy 2")
+def test_kernel_matches_sdpa_in_interpreter():
+    code = "from tests.test_latent_decode import check_cases; check_cases()"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_unsupported_shapes_fall_back():
+    kv = torch.zeros(1, 8, 256 + 32, dtype=torch.bfloat16)
+    assert not latent_decode.supported(kv, 256, 32)  # CPU without the interpreter: SDPA
+    assert not latent_decode.supported(kv.float(), 256, 32)
+    if torch.cuda.is_available():
+        assert latent_decode.supported(kv.cuda(), 256, 32)
+        assert not latent_decode.supported(torch.zeros(1, 8, 384 + 32, device="cuda", dtype=torch.bfloat16), 384, 32)
+        assert not latent_decode.supported(kv.cuda().float(), 256, 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("name", ["mla", "mla_rope", "mlra"])
+def test_model_decode_with_kernel_equals_sdpa_path(monkeypatch, name):
+    from tests.test_attention import make_gpt
+
+    model = make_gpt(name, dtype=torch.bfloat16).cuda()
+    idx = torch.randint(0, 101, (3, 40), device="cuda")
+
+    def decode() -> torch.Tensor:
+        caches = model.new_caches(3, 40, "cuda", torch.bfloat16)
+        out = [model(idx[:, :10], caches, 0)] + [model(idx[:, p : p + 1], caches, p) for p in range(10, 40)]
+        return torch.cat(out, dim=1).float()
+
+    with torch.inference_mode():
+        kernel = decode()
+        monkeypatch.setattr(latent_decode, "supported", lambda *a: False)
+        sdpa = decode()
+    assert ((kernel - sdpa).norm() / sdpa.norm()).item() < 1e-2
