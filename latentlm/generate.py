@@ -61,11 +61,12 @@ def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: fl
 @torch.inference_mode()
 def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eot: int | None = None,
-             seed: int | None = None) -> list[list[int]]:
+             seed: int | None = None, compile_step: bool = False) -> list[list[int]]:
     """Continue each prompt by up to max_new_tokens tokens (fewer if it emits `eot`).
 
     Prompts of different lengths share one cache: all are prefilled to the shortest length, and each
-    longer prompt is then fed its own next token (not a sample) until it runs out.
+    longer prompt is then fed its own next token (not a sample) until it runs out. `compile_step` runs the
+    decode step through torch.compile (one compilation with symbolic batch and position, then fused kernels).
     """
     if not prompts or min(map(len, prompts)) == 0:
         raise ValueError("every prompt needs at least one token")
@@ -84,6 +85,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperat
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
     caches = model.new_caches(B, total, device, next(model.parameters()).dtype)
     logits = model(tokens[:, :shortest], caches, 0)[:, -1, : model.vocab_size]
+    step = torch.compile(model, dynamic=True) if compile_step else model
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for pos in range(shortest, total):
         sampled = sample_next(logits, temperature, top_k, top_p, generator)
@@ -94,7 +96,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperat
             if pos % 32 == 0 and bool(finished.all()):  # a host sync, so only every 32 steps
                 break
         if pos + 1 < total:
-            logits = model(tokens[:, pos : pos + 1], caches, pos)[:, -1, : model.vocab_size]
+            logits = step(tokens[:, pos : pos + 1], caches, pos)[:, -1, : model.vocab_size]
     out = []
     for i, p in enumerate(prompts):
         new = tokens[i, len(p) : len(p) + max_new_tokens].tolist()
@@ -112,8 +114,9 @@ def _hydra_main(cfg: DictConfig) -> None:
         if max(map(len, ids)) >= model.block_size:
             raise ConfigError(f"prompt of {max(map(len, ids))} tokens is longer than the context "
                               f"block_size={model.block_size}; shorten it")
+        compile_step = device.startswith("cuda") if cfg.compile == "auto" else bool(cfg.compile)
         outs = generate(model, ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                        eot=enc.eot_token, seed=cfg.seed)
+                        eot=enc.eot_token, seed=cfg.seed, compile_step=compile_step)
     except ConfigError as err:
         fail(err)
     for prompt, out in zip(prompts, outs, strict=True):

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -55,14 +56,18 @@ def measured_bytes_per_token(net: GPT, device: str, dtype: torch.dtype, batch: i
 
 
 @torch.inference_mode()
-def time_step(net: GPT, batch: int, context: int, device: str, dtype: torch.dtype, iters: int) -> float:
-    """Seconds for one decode step at `context` cached positions (median of CUDA-graph replays on GPU)."""
+def time_step(
+    net: GPT, step_fn: Callable[..., torch.Tensor], batch: int, context: int, device: str, dtype: torch.dtype,
+    iters: int,
+) -> float:
+    """Seconds for one decode step of step_fn (net or its compiled form) at `context` cached positions
+    (median of CUDA-graph replays on GPU)."""
     caches = net.new_caches(batch, context + 1, device, dtype)
     for cache in caches:
         for t in cache.tensors.values():
             t.normal_()
     idx = torch.randint(0, net.vocab_size, (batch, 1), device=device)
-    step = lambda: net(idx, caches, context)  # noqa: E731
+    step = lambda: step_fn(idx, caches, context)  # noqa: E731
     if device != "cuda":
         step()
         start = time.perf_counter()
@@ -89,16 +94,19 @@ def time_step(net: GPT, batch: int, context: int, device: str, dtype: torch.dtyp
     return sorted(times)[len(times) // 2]
 
 
-def kernels(net: GPT, device: str, dtype: torch.dtype, batch: int = 64, context: int = 4096) -> list[str]:
+def kernels(
+    net: GPT, step_fn: Callable[..., torch.Tensor], device: str, dtype: torch.dtype, batch: int = 64,
+    context: int = 4096,
+) -> list[str]:
     """Names of the GPU kernels of one decode step that take the most time (which attention kernels run)."""
     from torch.profiler import ProfilerActivity, profile
 
     caches = net.new_caches(batch, context + 1, device, dtype)
     idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
     with torch.inference_mode():
-        net(idx, caches, context)
+        step_fn(idx, caches, context)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            net(idx, caches, context)
+            step_fn(idx, caches, context)
     events = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
     return [f"{e.key[:90]} ({e.device_time_total / 1e3:.2f} ms)" for e in events[:6]]
 
@@ -150,6 +158,10 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--naive-max-tokens", type=int, default=64 * 8192, help="batch x context cap for :naive")
     parser.add_argument("--plot-batch", type=int, default=64)
+    parser.add_argument("--append", action="store_true",
+                        help="merge into --out: re-measure these variants, keep the others (runs in parts)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the decode step (default: on CUDA), as `generate` does")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench_decode.json")
     args = parser.parse_args()
 
@@ -158,17 +170,23 @@ def main() -> None:
     contexts = [int(c) for c in args.contexts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     budget = args.budget_gib * 2**30
+    compile_step = device == "cuda" if args.compile is None else args.compile
+    latent = ("mla", "mlra")
+    variants = [v if ":" in v or not v.startswith(latent) else f"{v}:absorbed" for v in args.variants.split(",")]
     rows, summary = [], []
-    for variant in args.variants.split(","):
-        if ":" not in variant and variant.startswith(("mla", "mlra")):
-            variant += ":absorbed"
+    if args.append and args.out.is_file():  # keep the other variants of an earlier run (same device and settings)
+        earlier = json.loads(args.out.read_text())
+        summary = [s for s in earlier["summary"] if s["variant"] not in variants]
+        rows = [r for r in earlier["rows"] if r["variant"] not in variants]
+    for variant in variants:
         net = build(variant, args.model, args.rank, max(contexts) + 1, device, dtype)
+        step_fn = torch.compile(net, dynamic=True) if compile_step else net
         per_token = net.kv_cache_elements() * dtype.itemsize
         measured = measured_bytes_per_token(net, device, dtype)
         info = {"variant": variant, "bytes_per_token": per_token, "measured_bytes_per_token": measured,
                 "max_tokens_in_budget": int(budget // per_token), "params": net.num_params()}
         if device == "cuda":
-            info["kernels_b64_ctx4096"] = kernels(net, device, dtype)
+            info["kernels_b64_ctx4096"] = kernels(net, step_fn, device, dtype)
         summary.append(info)
         for context in contexts:
             for batch in batches:
@@ -179,7 +197,7 @@ def main() -> None:
                     row["skipped"] = "naive decoding re-expands the whole cache each step: too large"
                 else:
                     try:
-                        seconds = time_step(net, batch, context, device, dtype, args.iters)
+                        seconds = time_step(net, step_fn, batch, context, device, dtype, args.iters)
                         row.update(ms_per_step=seconds * 1e3, tokens_per_s=batch / seconds)
                     except torch.OutOfMemoryError:
                         row["skipped"] = "out of memory (naive decompression of the whole cache)"
@@ -187,10 +205,11 @@ def main() -> None:
                         torch.cuda.empty_cache()
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-        del net
+        del net, step_fn
+        torch._dynamo.reset()  # drop this variant's compiled graphs
 
     print(f"\n{device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), {dtype}, "
-          f"model={args.model}, rank={args.rank}")
+          f"model={args.model}, rank={args.rank}, compiled step: {compile_step}")
     print("\n| variant | KV bytes/token (formula) | measured | vs mha | max batch x context in "
           f"{args.budget_gib:g} GiB |")
     print("| --- | ---: | ---: | ---: | ---: |")
@@ -218,7 +237,7 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "date": str(date.today()), "command": " ".join(sys.argv), "device": device,
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "dtype": str(dtype),
-        "model": args.model, "rank": args.rank, "summary": summary, "rows": rows,
+        "model": args.model, "rank": args.rank, "compiled": compile_step, "summary": summary, "rows": rows,
     }, indent=2))
     print(f"\nwrote {args.out} and {', '.join(str(p) for p in plots)}")
 

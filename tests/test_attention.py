@@ -88,8 +88,9 @@ def test_mlra_sums_blocks_scaled():
     model = make_gpt("mlra", gated=False)
     attn = model.blocks[0].attn
     x = torch.randn(2, 10, D, dtype=torch.float64)
-    q_nope, q_rope = attn._queries(x, 0)
-    latent, k_rope = attn._latent(x, 0)
+    q_in, latent, k_rope = attn.w_in(x).split([attn.q_in_dim, attn.latent_dim, attn.rope_dim], dim=-1)
+    q_nope, q_rope = attn._queries(q_in, 0)
+    latent, k_rope = attn._latent(latent, k_rope, 0)
     nb, bd = attn.n_blocks, attn.block_dim
     per_block = []
     for b in range(nb):

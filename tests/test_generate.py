@@ -80,3 +80,12 @@ def test_generate_cli(smoke_run):
         [*args[:-3], "prompt=" + "Once upon a time " * 40], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert too_long.returncode == 2 and "longer than the context block_size=32" in too_long.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled decode step is for GPUs")
+@pytest.mark.parametrize("name", ["mha", "mla_rope", "mlra"])
+def test_compiled_decode_step_generates_what_eager_does(name):
+    model = make_gpt(name, dtype=torch.float32).cuda()
+    prompts = [[5, 17, 3, 9, 22], [7, 1, 4]]
+    eager = generate(model, prompts, max_new_tokens=20, temperature=0)
+    assert generate(model, prompts, max_new_tokens=20, temperature=0, compile_step=True) == eager

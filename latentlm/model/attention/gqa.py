@@ -32,8 +32,7 @@ class GroupedQueryAttention(Attention):
         if self.n_kv_heads < 1 or n_head % self.n_kv_heads:
             raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_head={n_head}")
         hd, kv_dim = self.head_dim, self.n_kv_heads * self.head_dim
-        self.wq = nn.Linear(d_model, d_model, bias=False)
-        self.wkv = nn.Linear(d_model, 2 * kv_dim, bias=False)
+        self.wqkv = nn.Linear(d_model, d_model + 2 * kv_dim, bias=False)  # q, k and v in one matmul
         self.wo = nn.Linear(d_model, d_model, bias=False)
         self.rotary = Rotary(hd, max_seq_len, rope_base) if rope else None
 
@@ -45,8 +44,9 @@ class GroupedQueryAttention(Attention):
 
     def forward(self, x: Tensor, cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_head, self.head_dim)
-        k, v = self.wkv(x).view(B, T, 2, self.n_kv_heads, self.head_dim).unbind(2)
+        q, k, v = self.wqkv(x).split([self.d_model, *[self.n_kv_heads * self.head_dim] * 2], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim)
+        k, v = k.view(B, T, self.n_kv_heads, self.head_dim), v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.rotary is not None:
             q, k = self.rotary(q, start_pos), self.rotary(k, start_pos)
         if cache is not None:

@@ -74,15 +74,15 @@ class LatentAttention(Attention):
         self.absorb = absorb
 
         q_out = n_head * self.qk_dim
+        # Everything computed from x in one matmul: the queries (or the query latent), the KV latent, the rotary key.
+        self.q_in_dim = q_out if q_rank is None else round(q_rank * d_model)
+        self.w_in = nn.Linear(d_model, self.q_in_dim + self.latent_dim + self.rope_dim, bias=False)
         if q_rank is None:
-            self.wq = nn.Linear(d_model, q_out, bias=False)
+            self.wq_b = None
         else:
-            q_latent = round(q_rank * d_model)
-            self.wq_a = nn.Linear(d_model, q_latent, bias=False)
-            self.q_norm = nn.RMSNorm(q_latent)
-            self.wq_b = nn.Linear(q_latent, q_out, bias=False)
-            self.q_gain = math.sqrt(d_model / q_latent) if latent_scale else 1.0
-        self.wkv_a = nn.Linear(d_model, self.latent_dim + self.rope_dim, bias=False)
+            self.q_norm = nn.RMSNorm(self.q_in_dim)
+            self.wq_b = nn.Linear(self.q_in_dim, q_out, bias=False)
+            self.q_gain = math.sqrt(d_model / self.q_in_dim) if latent_scale else 1.0
         self.kv_norm_weight = nn.Parameter(torch.ones(n_blocks, self.block_dim))  # one RMSNorm per block
         self.kv_gain = math.sqrt(d_model / self.block_dim) if latent_scale else 1.0
         # Per block: W_uk and W_uv of all heads, packed as (n_blocks, H * (d_h [k] + d_h [v]), block_dim).
@@ -100,8 +100,9 @@ class LatentAttention(Attention):
 
     def forward(self, x: Tensor, cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
         B, T, _ = x.shape
-        q_nope, q_rope = self._queries(x, start_pos)  # (B, T, H, d_h), (B, T, H, rope_dim)
-        latent, k_rope = self._latent(x, start_pos)  # (B, T, r), (B, T, rope_dim)
+        q_in, latent, k_rope = self.w_in(x).split([self.q_in_dim, self.latent_dim, self.rope_dim], dim=-1)
+        q_nope, q_rope = self._queries(q_in, start_pos)  # (B, T, H, d_h), (B, T, H, rope_dim)
+        latent, k_rope = self._latent(latent, k_rope, start_pos)  # (B, T, r), (B, T, rope_dim)
         if cache is not None:
             kv = cache.append(start_pos, kv=torch.cat((latent, k_rope), dim=-1))["kv"]  # (B, S, r + rope_dim)
             latent, k_rope = kv.split([self.latent_dim, self.rope_dim], dim=-1)
@@ -114,17 +115,16 @@ class LatentAttention(Attention):
             y = y * torch.sigmoid(self.wg(x))
         return self.wo(y)
 
-    def _queries(self, x: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
-        B, T, _ = x.shape
-        q = self.wq(x) if hasattr(self, "wq") else self.wq_b(self.q_norm(self.wq_a(x)) * self.q_gain)
+    def _queries(self, q_in: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
+        B, T, _ = q_in.shape
+        q = q_in if self.wq_b is None else self.wq_b(self.q_norm(q_in) * self.q_gain)
         q_nope, q_rope = q.view(B, T, self.n_head, self.qk_dim).split([self.head_dim, self.rope_dim], dim=-1)
         if self.rotary is not None:
             q_rope = self.rotary(q_rope, start_pos)
         return q_nope, q_rope
 
-    def _latent(self, x: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
-        B, T, _ = x.shape
-        latent, k_rope = self.wkv_a(x).split([self.latent_dim, self.rope_dim], dim=-1)
+    def _latent(self, latent: Tensor, k_rope: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
+        B, T, _ = latent.shape
         blocks = F.rms_norm(latent.view(B, T, self.n_blocks, self.block_dim), (self.block_dim,))
         latent = (blocks * self.kv_norm_weight * self.kv_gain).view(B, T, self.latent_dim)
         if self.rotary is not None:

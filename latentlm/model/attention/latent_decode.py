@@ -9,7 +9,7 @@ for all heads:
     program (sequence b, latent block n, split s) loops over its share of the cached positions j:
         score[h, j] = (q_latent[h] . c_j[block n] + q_rope[h] . k_rope_j) * scale   (H_PAD x BLOCK_N, tl.dot)
         online softmax over j;  acc[h] += p[h, j] c_j[block n]                       (the value is the latent)
-    then the splits are merged by their log-sum-exp.
+    then a second kernel merges the splits by their log-sum-exp.
 
 Used for T == 1 steps on CUDA with bf16/fp16 caches when the block width and rotary width are powers of two;
 `supported` says when. Everything else (CPU, prefill chunks, other widths) takes the SDPA path, which the tests
@@ -62,6 +62,14 @@ def attend(
     splits: how many parts the positions are cut into (None: enough programs to fill the GPU twice over, but
     no part shorter than MIN_SPLIT positions). Returns (B, n_blocks, H, block_dim) in q's dtype.
     """
+    return _latent_decode(q, kv, n_blocks, block_dim, rope_dim, scale, splits)
+
+
+@torch.library.custom_op("latentlm::latent_decode", mutates_args=())
+def _latent_decode(
+    q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None
+) -> Tensor:
+    # A custom op, so torch.compile treats the kernel as one opaque call and fuses everything around it.
     B, nb, H, width = q.shape
     S = kv.size(1)
     assert nb == n_blocks and width == block_dim + rope_dim and kv.size(2) == n_blocks * block_dim + rope_dim
@@ -71,25 +79,34 @@ def attend(
         splits = max(1, min(math.ceil(2 * sms / (B * nb)), S // MIN_SPLIT))
     per_split = math.ceil(S / splits / BLOCK_N) * BLOCK_N
     splits = math.ceil(S / per_split)  # every split non-empty
-    out = torch.empty(B * nb, splits, H, block_dim, device=q.device, dtype=torch.float32)
+    parts = torch.empty(B * nb, splits, H, block_dim, device=q.device, dtype=torch.float32)
     lse = torch.empty(B * nb, splits, H, device=q.device, dtype=torch.float32)
-    _kernel()[(B * nb, splits)](
-        q, kv, out, lse,
+    attend_kernel, merge_kernel = _kernels()
+    h_pad = max(16, 1 << (H - 1).bit_length())
+    attend_kernel[(B * nb, splits)](
+        q, kv, parts, lse,
         q.stride(0), q.stride(1), kv.stride(0), kv.stride(1),
-        out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
+        parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
         S, per_split, nb, nb * block_dim, scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
-        H=H, H_PAD=max(16, 1 << (H - 1).bit_length()), C=block_dim, R=rope_dim, BLOCK_N=BLOCK_N,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        H=H, H_PAD=h_pad, C=block_dim, R=rope_dim, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
-    # Merge the splits: each holds softmax-normalised outputs over its positions and their log2-sum-exp.
-    weights = torch.softmax(lse * math.log(2), dim=1)  # (B * nb, splits, H)
-    merged = (weights.unsqueeze(-1) * out).sum(dim=1)  # (B * nb, H, block_dim)
-    return merged.to(q.dtype).view(B, nb, H, block_dim)
+    out = torch.empty(B * nb, H, block_dim, device=q.device, dtype=q.dtype)
+    merge_kernel[(B * nb, H)](
+        parts, lse, out, parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
+        out.stride(0), out.stride(1), splits, SPLITS_PAD=max(2, 1 << (splits - 1).bit_length()), C=block_dim,
+    )
+    return out.view(B, nb, H, block_dim)
+
+
+@_latent_decode.register_fake
+def _(q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None):
+    B, nb, H, _ = q.shape
+    return q.new_empty(B, nb, H, block_dim)
 
 
 @cache
-def _kernel():
-    """Compiled on first use, so that importing latentlm needs no Triton (CPU installs, CI)."""
+def _kernels():
+    """Defined on first use, so that importing latentlm needs no Triton (CPU installs, CI)."""
     import triton
     import triton.language as tl
 
@@ -138,4 +155,22 @@ def _kernel():
         tl.store(o_ptr, acc / l[:, None], mask=head_ok[:, None])
         tl.store(LSE + row * stride_lb + split * stride_ls + heads, m + tl.log2(l), mask=head_ok)
 
-    return latent_decode_kernel
+    @triton.jit
+    def merge_kernel(
+        PARTS, LSE, OUT, stride_pb, stride_ps, stride_ph, stride_lb, stride_ls, stride_ob, stride_oh,
+        splits, SPLITS_PAD: tl.constexpr, C: tl.constexpr,
+    ):
+        """out[row, h] = sum over splits of softmax(lse)[split] * parts[row, split, h], in q's dtype."""
+        row, h = tl.program_id(0), tl.program_id(1)
+        sp = tl.arange(0, SPLITS_PAD)
+        sp_ok = sp < splits
+        lse = tl.load(LSE + row * stride_lb + sp * stride_ls + h, mask=sp_ok, other=float("-inf"))
+        w = tl.exp2(lse - tl.max(lse, axis=0))
+        w = w / tl.sum(w, axis=0)
+        c = tl.arange(0, C)
+        parts = tl.load(PARTS + row * stride_pb + sp[:, None] * stride_ps + h * stride_ph + c[None, :],
+                        mask=sp_ok[:, None], other=0.0)
+        out = tl.sum(w[:, None] * parts, axis=0)
+        tl.store(OUT + row * stride_ob + h * stride_oh + c, out.to(OUT.dtype.element_ty))
+
+    return latent_decode_kernel, merge_kernel
