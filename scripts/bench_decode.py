@@ -41,22 +41,19 @@ def build(variant: str, model: str, rank: float, max_len: int, device: str, dtyp
     return net.to(device=device, dtype=dtype).eval()
 
 
-def measured_bytes_per_token(net: GPT, device: str, dtype: torch.dtype, batch: int = 4) -> float:
-    """Growth of allocated GPU memory per cached token: the slope between caches of 1024 and 2048 positions,
-    so that a fixed allocation made in between (a workspace, allocator bookkeeping) cancels out."""
-
-    def grown(length: int) -> int:
-        if device != "cuda":
-            return sum(c.nbytes for c in net.new_caches(batch, length, device, dtype))
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        caches = net.new_caches(batch, length, device, dtype)
-        torch.cuda.synchronize()
-        size = torch.cuda.memory_allocated() - before
-        del caches
-        return size
-
-    return (grown(2048) - grown(1024)) / (batch * 1024)
+def measured_bytes_per_token(net: GPT, device: str, dtype: torch.dtype, batch: int = 4, length: int = 1024) -> float:
+    """Growth of GPU memory requested from the caching allocator when a cache of batch x length tokens is
+    created, per token (requested bytes: the allocator's block rounding is not the cache's size)."""
+    if device != "cuda":
+        return sum(c.nbytes for c in net.new_caches(batch, length, device, dtype)) / (batch * length)
+    requested = lambda: torch.cuda.memory_stats()["requested_bytes.all.current"]  # noqa: E731
+    torch.cuda.synchronize()
+    before = requested()
+    caches = net.new_caches(batch, length, device, dtype)
+    torch.cuda.synchronize()
+    grown = requested() - before
+    del caches
+    return grown / (batch * length)
 
 
 @torch.inference_mode()
