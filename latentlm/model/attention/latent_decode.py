@@ -25,7 +25,7 @@ from torch import Tensor
 
 BLOCK_N = 64  # cached positions per inner-loop tile
 NUM_WARPS, NUM_STAGES = 4, 2
-MIN_SPLIT = 256  # fewest positions per split: below this, merging partial results costs more than it saves
+MIN_SPLIT = 256  # fewest positions per split: shorter ones add merge work for little extra parallelism
 
 
 def _pow2(n: int) -> bool:
