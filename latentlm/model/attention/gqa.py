@@ -44,7 +44,8 @@ class GroupedQueryAttention(Attention):
 
     def forward(self, x: Tensor, cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split([self.d_model, *[self.n_kv_heads * self.head_dim] * 2], dim=-1)
+        kv_dim = self.n_kv_heads * self.head_dim
+        q, k, v = self.wqkv(x).split([self.d_model, kv_dim, kv_dim], dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim)
         k, v = k.view(B, T, self.n_kv_heads, self.head_dim), v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.rotary is not None:
