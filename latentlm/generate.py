@@ -25,8 +25,10 @@ from latentlm.model import GPT
 log = logging.getLogger(__name__)
 
 
-def load_checkpoint(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, tiktoken.Encoding]:
-    """The model (eval mode, on `device`) and tokenizer of a checkpoint written by latentlm.train."""
+def load_checkpoint(
+    ckpt: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[GPT, tiktoken.Encoding]:
+    """The model (eval mode, on `device`, in `dtype`) and tokenizer of a checkpoint written by latentlm.train."""
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise ConfigError(f"ckpt={ckpt} is not a file; pass a .ckpt from a run's checkpoints/ folder")
@@ -38,7 +40,7 @@ def load_checkpoint(ckpt: str | Path, device: str | torch.device = "cpu") -> tup
     model: GPT = instantiate(cfg.model, vocab_size=encoding.n_vocab, _convert_="all")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    return model.to(device).eval(), encoding
+    return model.to(device=device, dtype=dtype).eval(), encoding
 
 
 def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -104,11 +106,21 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperat
     return out
 
 
+def _dtype(name: str, device: str) -> torch.dtype:
+    """bf16 on a GPU for `auto` (the models train in bf16-mixed; the latent decode kernel wants 16-bit), else fp32."""
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    allowed = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in allowed:
+        raise ConfigError(f"dtype={name} is not one of auto, {', '.join(allowed)}")
+    return allowed[name]
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="generate")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-        model, enc = load_checkpoint(cfg.ckpt, device)
+        model, enc = load_checkpoint(cfg.ckpt, device, _dtype(cfg.dtype, device))
         prompts = list(cfg.prompts) if cfg.prompts else [cfg.prompt]
         ids = [enc.encode_ordinary(p) for p in prompts]
         if max(map(len, ids)) >= model.block_size:
