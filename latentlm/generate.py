@@ -126,9 +126,8 @@ def _hydra_main(cfg: DictConfig) -> None:
         if max(map(len, ids)) >= model.block_size:
             raise ConfigError(f"prompt of {max(map(len, ids))} tokens is longer than the context "
                               f"block_size={model.block_size}; shorten it")
-        compile_step = device.startswith("cuda") if cfg.compile == "auto" else bool(cfg.compile)
         outs = generate(model, ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                        eot=enc.eot_token, seed=cfg.seed, compile_step=compile_step)
+                        eot=enc.eot_token, seed=cfg.seed, compile_step=bool(cfg.compile))
     except ConfigError as err:
         fail(err)
     for prompt, out in zip(prompts, outs, strict=True):

@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--append", action="store_true",
                         help="merge into --out: re-measure these variants, keep the others (runs in parts)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the decode step (default: on CUDA), as `generate` does")
+                        help="torch.compile the decode step (default: on CUDA), as `generate compile=true` does")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench_decode.json")
     args = parser.parse_args()
 
