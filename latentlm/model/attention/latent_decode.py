@@ -52,6 +52,7 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@torch.library.custom_op("latentlm::latent_decode", mutates_args=())
 def attend(
     q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None
 ) -> Tensor:
@@ -61,15 +62,8 @@ def attend(
     kv: (B, S, n_blocks * block_dim + rope_dim), the cache; block n's key is [c_n | k_rope], its value c_n.
     splits: how many parts the positions are cut into (None: enough programs to fill the GPU twice over, but
     no part shorter than MIN_SPLIT positions). Returns (B, n_blocks, H, block_dim) in q's dtype.
+    A torch.library custom op, so torch.compile treats the kernels as one opaque call and fuses around it.
     """
-    return _latent_decode(q, kv, n_blocks, block_dim, rope_dim, scale, splits)
-
-
-@torch.library.custom_op("latentlm::latent_decode", mutates_args=())
-def _latent_decode(
-    q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None
-) -> Tensor:
-    # A custom op, so torch.compile treats the kernel as one opaque call and fuses everything around it.
     B, nb, H, width = q.shape
     S = kv.size(1)
     assert nb == n_blocks and width == block_dim + rope_dim and kv.size(2) == n_blocks * block_dim + rope_dim
@@ -98,8 +92,8 @@ def _latent_decode(
     return out.view(B, nb, H, block_dim)
 
 
-@_latent_decode.register_fake
-def _(q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None):
+@attend.register_fake
+def _(q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None):
     B, nb, H, _ = q.shape
     return q.new_empty(B, nb, H, block_dim)
 
