@@ -93,6 +93,32 @@ class Throughput(Callback):
         return self._timed_tokens / self._timed_s if self._timed_s else None
 
 
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; `step` is where it was seen."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"{what} is not finite at step {step}; the last checkpoint is from before it")
+        self.step = step
+
+
+class StopOnNonFinite(Callback):
+    """Stops training with `Diverged` when the training loss is not finite, checked every `every` steps (one host
+    sync each, where the loss is logged anyway), and when a validation loss is not finite, before any checkpoint
+    of that validation is written (Lightning runs checkpoint callbacks last)."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every == 0 and not torch.isfinite(outputs["loss"]).item():
+            raise Diverged(trainer.global_step, "the training loss")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        loss = trainer.callback_metrics.get("val/loss")
+        if not trainer.sanity_checking and loss is not None and not torch.isfinite(loss).item():
+            raise Diverged(trainer.global_step, "the validation loss")
+
+
 class PlainProgress(Callback):
     """One log line every `every` steps and after each validation, for runs whose output is not a terminal."""
 

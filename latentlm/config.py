@@ -74,6 +74,10 @@ def validate(cfg: DictConfig) -> None:
                 f"attention.n_blocks={att.n_blocks} does not divide the latent dim "
                 f"{latent} (rank={cfg.rank} x d_model={m.d_model})"
             )
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} is not a file; give a checkpoint such as <run>/checkpoints/last.ckpt"
+        )
     if cfg.data.seq_len > m.block_size:
         raise ConfigError(
             f"data.seq_len={cfg.data.seq_len} is longer than the context "

@@ -5,9 +5,9 @@ from collections.abc import Callable
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
-from torchmetrics import MeanMetric
+from torchmetrics import SumMetric
 
 from latentlm.model import GPT
 
@@ -27,7 +27,9 @@ class LitGPT(L.LightningModule):
         self.optimizer_factory = optimizer
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.label_smoothing = label_smoothing
-        self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
+        # Sums over every validation token, so val/loss is the token-weighted mean over the whole split.
+        self.val_loss_sum, self.val_correct, self.val_tokens = SumMetric(), SumMetric(), SumMetric()
+        self.val_history: list[dict[str, float]] = []  # one entry per validation: step, val_loss, val_acc
         if compile_mode is not None:
             # Compile the loss with the model, so the logits' cast, log-softmax and smoothing fuse into few kernels.
             # Compiling bound methods (not the module) keeps parameter names, and checkpoints, those of the plain
@@ -46,9 +48,9 @@ class LitGPT(L.LightningModule):
         return F.cross_entropy(self._logits(x), y.flatten(), label_smoothing=self.label_smoothing)
 
     def _val_metrics(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Plain cross-entropy (comparable across label smoothing) and next-token top-1 accuracy."""
+        """Summed plain cross-entropy (comparable across label smoothing) and count of top-1 next-token hits."""
         logits = self._logits(x)
-        return F.cross_entropy(logits, y.flatten()), (logits.argmax(-1) == y.flatten()).float().mean()
+        return F.cross_entropy(logits, y.flatten(), reduction="sum"), (logits.argmax(-1) == y.flatten()).sum()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._train_loss(*batch)
@@ -56,17 +58,25 @@ class LitGPT(L.LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, acc = self._val_metrics(*batch)
-        self.val_loss.update(loss)
-        self.val_acc.update(acc)
+        loss_sum, correct = self._val_metrics(*batch)
+        self.val_loss_sum.update(loss_sum)
+        self.val_correct.update(correct)
+        self.val_tokens.update(batch[1].numel())
 
     def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()
-        self.log_dict(
-            {"val/loss": loss, "val/ppl": loss.exp(), "val/acc": self.val_acc.compute()}, prog_bar=True
-        )
-        self.val_loss.reset()
-        self.val_acc.reset()
+        tokens = self.val_tokens.compute()
+        loss, acc = self.val_loss_sum.compute() / tokens, self.val_correct.compute() / tokens
+        self.log_dict({"val/loss": loss, "val/ppl": loss.exp(), "val/acc": acc}, prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self.val_history.append({"step": self.global_step, "val_loss": loss.item(), "val_acc": acc.item()})
+        for metric in (self.val_loss_sum, self.val_correct, self.val_tokens):
+            metric.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["val_history"] = self.val_history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.val_history = checkpoint.get("val_history", [])
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Lightning's AMP plugin refuses to clip for fused optimizers, a guard for fp16 loss scaling. bf16-mixed
@@ -77,13 +87,10 @@ class LitGPT(L.LightningModule):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
-        # No weight decay on biases, norms and embeddings (1-D tensors and the tied embedding matrix).
-        no_decay = {id(self.net.wte.weight)} | (
-            {id(self.net.wpe.weight)} if self.net.wpe is not None else set()
-        )
+        plain_names = no_weight_decay(self.net)
         decay, plain = [], []
-        for p in self.net.parameters():
-            (plain if p.dim() < 2 or id(p) in no_decay else decay).append(p)
+        for name, p in self.net.named_parameters():
+            (plain if name in plain_names else decay).append(p)
         optimizer = self.optimizer_factory(
             [{"params": decay}, {"params": plain, "weight_decay": 0.0}], fused=self.device.type == "cuda"
         )
@@ -102,3 +109,18 @@ class LitGPT(L.LightningModule):
             )
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def no_weight_decay(net: nn.Module) -> set[str]:
+    """Names of the parameters AdamW must not decay: biases, embeddings (the head is tied to wte) and norm gains.
+
+    Decided by what a parameter is, not by its shape: latent attention's per-block RMSNorm gains
+    (`kv_norm_weight`, one row per block) are 2-D but are norm gains like every LayerNorm weight.
+    """
+    plain = set()
+    for module_name, module in net.named_modules():
+        for name, _ in module.named_parameters(prefix=module_name, recurse=False):
+            leaf = name.rsplit(".", 1)[-1]
+            if isinstance(module, (nn.Embedding, nn.LayerNorm, nn.RMSNorm)) or leaf == "bias" or "norm" in leaf:
+                plain.add(name)
+    return plain

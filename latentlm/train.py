@@ -1,7 +1,9 @@
 """Hydra entry point: `python -m latentlm.train attention=mla_rope rank=0.5` (add -m to sweep)."""
 
+import hashlib
 import json
 import logging
+import math
 import platform
 import subprocess
 import sys
@@ -14,10 +16,11 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from latentlm.callbacks import PlainProgress, Throughput, train_flops_per_token
+from latentlm.callbacks import Diverged, PlainProgress, StopOnNonFinite, Throughput, train_flops_per_token
 from latentlm.config import CONFIG_DIR, ConfigError, check_cli_choices, fail, register_resolvers, validate
 from latentlm.lit import LitGPT
 
@@ -26,14 +29,39 @@ register_resolvers()
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one model as configured and return (and write) its summary."""
+    """Train one model as configured and return (and write) its summary.
+
+    Every job that starts work leaves a summary.json: "status" is "ok", "diverged" (a non-finite loss stopped
+    it; the last checkpoint is the last good one), "failed" (an exception, re-raised after the summary is
+    written) or "skipped" (a sweep job identical to one already trained in the same sweep, see `_claim`).
+    """
     validate(cfg)
     started = time.time()
-    L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    summary: dict[str, Any] = _identity(cfg)
+    duplicate_of = _claim(cfg)
+    if duplicate_of is not None:
+        log.info("skipped: %s does not use rank; this sweep trains it once (%s)", cfg.attention.name, duplicate_of)
+        return _write_summary(out_dir, {**summary, "status": "skipped", "duplicate_of": duplicate_of})
+    try:
+        summary |= {"status": "ok", "error": None, **_fit(cfg, out_dir)}
+    except Diverged as err:
+        log.error("diverged: %s", err)
+        summary |= {"status": "diverged", "error": str(err), "steps": err.step}
+    except Exception as err:
+        summary |= {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]}
+        _write_summary(out_dir, summary | {"wall_time_s": time.time() - started})
+        raise
+    finally:
+        _finish_wandb(summary)
+    return _write_summary(out_dir, summary | {"wall_time_s": time.time() - started})
 
+
+def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Build data, model and trainer, train, and return the run's measured results."""
+    L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup()
     datamodule.export_tokenizer(out_dir)
@@ -43,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "model: %s, attention=%s rank=%s: %s parameters (%s non-embedding), KV cache %d elements/token",
         HydraConfig.get().runtime.choices.model,
         cfg.attention.name,
-        cfg.rank,
+        _rank(cfg),
         f"{net.num_params():,}",
         f"{net.num_params(non_embedding=True):,}",
         net.kv_cache_elements(),
@@ -56,6 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer_cfg["precision"] == "auto":
         trainer_cfg["precision"] = "bf16-mixed" if cuda else "32-true"
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    callbacks.append(StopOnNonFinite(every=trainer_cfg["log_every_n_steps"]))
     interactive = sys.stderr.isatty()
     if not interactive:
         callbacks.append(PlainProgress(every=trainer_cfg["log_every_n_steps"] * 5))
@@ -76,14 +105,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         compile_mode=compile_mode,
     )
     hparams = {
-        "rank": cfg.rank,
-        "attention": cfg.attention.name,
-        "model": HydraConfig.get().runtime.choices.model,
-        "seed": cfg.seed,
+        **_identity(cfg),
         "params": net.num_params(),
         "params_non_embedding": net.num_params(non_embedding=True),
         **_flatten(OmegaConf.to_container(cfg, resolve=True), "config/"),
     }
+    hparams.pop("config")
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
     if datamodule.entropy_floor is not None:
@@ -91,25 +118,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             lg.log_metrics({"data/entropy_floor": datamodule.entropy_floor}, step=0)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    summary = _summary(cfg, trainer, net, datamodule, final, throughput, time.time() - started, trainer_cfg)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("summary: %s", out_dir / "summary.json")
-    _finish_wandb(trainer, summary)
-    return summary
-
-
-def _summary(cfg, trainer, net, datamodule, final, throughput, wall_time, trainer_cfg) -> dict[str, Any]:
-    ckpt = trainer.checkpoint_callback
-    best = float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None
-    best = min(v for v in (best, final["val/loss"]) if v is not None)
+    history = module.val_history
+    if not history or history[-1]["step"] != trainer.global_step:  # else the last validation was at the end
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    final, best = history[-1], min(history, key=lambda h: h["val_loss"])
     elements = net.kv_cache_elements()
     floor = datamodule.entropy_floor
+    judge = _judge(cfg, net, datamodule)
     return {
-        "attention": cfg.attention.name,
-        "rank": cfg.rank,
-        "model": HydraConfig.get().runtime.choices.model,
-        "seed": cfg.seed,
         "params": net.num_params(),
         "params_non_embedding": net.num_params(non_embedding=True),
         "kv_cache": {
@@ -117,30 +133,88 @@ def _summary(cfg, trainer, net, datamodule, final, throughput, wall_time, traine
             "elements_per_token": elements,
             "bytes_per_token_bf16": 2 * elements,  # a bf16 cache, as decoding uses on GPU
         },
-        "val_loss_best": best,
-        "val_loss_final": final["val/loss"],
-        "val_acc_final": final["val/acc"],
-        "val_ppl_final": final["val/ppl"],
+        "val_loss_best": best["val_loss"],
+        "val_loss_final": final["val_loss"],
+        "val_acc_best": best["val_acc"],  # at the validation with the best loss
+        "val_acc_final": final["val_acc"],
+        "val_ppl_final": math.exp(final["val_loss"]),
+        "val_history": history,
         "entropy_floor": floor,
-        "gap_to_floor": final["val/loss"] - floor if floor is not None else None,
+        "gap_to_floor": final["val_loss"] - floor if floor is not None else None,
+        "judge": judge,
         "tokens_per_s": throughput.tokens_per_s if throughput is not None else None,
         "flops_per_token": throughput.flops_per_token if throughput is not None else None,
         "mfu": throughput.mfu if throughput is not None else None,
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "steps": trainer.global_step,
         "tokens": trainer.global_step * cfg.data.batch_size * cfg.data.seq_len,
-        "wall_time_s": wall_time,
         "precision": trainer_cfg["precision"],
-        "device": torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "lightning": L.__version__,
         },
         "git_commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def _rank(cfg: DictConfig) -> float | None:
+    """The latent rank where the attention has one; None where rank does not change the model (e.g. MHA)."""
+    return cfg.rank if "rank" in cfg.attention else None
+
+
+def _identity(cfg: DictConfig) -> dict[str, Any]:
+    """What a run is: the keys compare groups and pairs runs by, and the whole resolved config."""
+    return {
+        "experiment": cfg.task_name,
+        "sweep_id": cfg.get("sweep_id"),
+        "attention": cfg.attention.name,
+        "twin": cfg.attention.get("twin"),
+        "rank": _rank(cfg),
+        "model": HydraConfig.get().runtime.choices.model,
+        "seed": cfg.seed,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def _claim(cfg: DictConfig) -> str | None:
+    """In a sweep over rank, train a variant that has no rank once: None if this job trains, else the job that does.
+
+    The first job of the sweep with the same overrides but rank claims them with a file created exclusively in
+    the sweep dir, so this holds for parallel launchers too.
+    """
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN or _rank(cfg) is not None:
+        return None
+    overrides = sorted(o for o in hydra_cfg.overrides.task if not o.startswith("rank="))
+    claims = Path(hydra_cfg.sweep.dir) / ".claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    path = claims / hashlib.sha1(" ".join(overrides).encode()).hexdigest()
+    try:
+        with open(path, "x") as f:
+            f.write(hydra_cfg.runtime.output_dir)
+        return None
+    except FileExistsError:
+        return path.read_text()
+
+
+def _judge(cfg: DictConfig, net: torch.nn.Module, datamodule: Any) -> dict[str, Any] | None:
+    """Grade `judge_samples` stories sampled from the trained model with the story grammar (latentlm.judge)."""
+    if not cfg.judge_samples or cfg.data.get("source") != "synthetic":
+        return None
+    from latentlm.judge import judge_texts, sample_stories
+
+    net.eval()
+    samples = sample_stories(net, datamodule.cache.encoding(), cfg.judge_samples, seed=cfg.seed)
+    return judge_texts(samples)
+
+
+def _write_summary(out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("summary (%s): %s", summary["status"], out_dir / "summary.json")
+    return summary
 
 
 def _git_commit() -> str | None:
@@ -167,22 +241,24 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _finish_wandb(trainer: L.Trainer, summary: dict[str, Any]) -> None:
-    """Put summary.json into this job's W&B run summary and end the run, so each multirun job is its own run."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger):
-            lg.experiment.summary.update(summary)
-            lg.experiment.finish()
+def _finish_wandb(summary: dict[str, Any]) -> None:
+    """Put the summary into this job's W&B run and end the run (as failed unless "ok"), so each multirun job is a
+    run of its own, also after a failed job."""
+    wandb = sys.modules.get("wandb")
+    if wandb is None or wandb.run is None:
+        return
+    wandb.run.summary.update({k: v for k, v in summary.items() if k not in ("config", "val_history")})
+    wandb.finish(exit_code=0 if summary.get("status") == "ok" else 1)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
-        train(cfg)
+        result = train(cfg)
     except ConfigError as err:
         fail(err)
+    if result["status"] == "diverged" and HydraConfig.get().mode == RunMode.RUN:
+        sys.exit(1)  # a sweep goes on to its next job; a single run tells the shell
 
 
 def main() -> None:

@@ -1,0 +1,96 @@
+"""Runs you can trust: every job leaves a summary with its status, W&B runs stay one per job, sweeps skip repeats."""
+
+import json
+import math
+import subprocess
+import sys
+
+import torch
+from conftest import REPO, read_metrics, run_train, series
+
+
+def summary(run_dir) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def wandb_state(run_dir) -> dict:
+    """The offline W&B run's state as wandb's own reader gives it (`wandb leet inspect --summary`)."""
+    (run_file,) = (run_dir / "wandb").glob("offline-run-*/*.wandb")
+    proc = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", "--summary", str(run_file)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_a_failed_job_is_recorded_and_the_next_job_gets_its_own_wandb_run(data_root, tmp_path):
+    """Job 0 raises inside fit (EarlyStopping on a metric nobody logs); Hydra goes on to job 1."""
+    sweep = tmp_path / "sweep"
+    proc = run_train(
+        "-m", "experiment=smoke", "logger=default", "trainer.max_steps=10", "trainer.val_check_interval=5",
+        "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+        "+callbacks.stop.monitor=nonexistent,val/loss", f"hydra.sweep.dir={sweep}",
+        root=data_root, check=False,
+    )
+    assert proc.returncode != 0  # the sweep reports the failure at its end
+    failed, ok = summary(sweep / "0"), summary(sweep / "1")
+    assert failed["status"] == "failed" and "`nonexistent`" in failed["error"] and "\n" not in failed["error"]
+    assert ok["status"] == "ok" and ok["steps"] == 10
+    failed_run, ok_run = wandb_state(sweep / "0"), wandb_state(sweep / "1")
+    assert (failed_run["state"], failed_run["exit_code"]) == ("failed", 1)
+    assert (ok_run["state"], ok_run["exit_code"]) == ("finished", 0)
+    assert failed_run["run_id"] != ok_run["run_id"]
+    assert ok_run["summary"]["status"] == "ok" and ok_run["summary"]["val_loss_final"] == ok["val_loss_final"]
+
+
+def test_divergence_stops_the_run_with_its_status(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_train("experiment=smoke", "optimizer.lr=1e6", f"hydra.run.dir={run_dir}", root=data_root, check=False)
+    result = summary(run_dir)
+    assert proc.returncode == 1 and result["status"] == "diverged"
+    assert result["steps"] < 30 and f"not finite at step {result['steps']}" in result["error"]
+    assert sum("diverged: " in line for line in (proc.stdout + proc.stderr).splitlines()) == 1
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):  # whatever was kept predates the divergence
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()), ckpt.name
+
+
+def test_a_sweep_over_rank_trains_a_variant_without_rank_once(data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_train(
+        "-m", "experiment=paper_mla_smoke", "attention=mha,mla", "rank=0.25,0.5", "seed=0", "trainer.max_steps=5",
+        f"hydra.sweep.dir={sweep}", root=data_root,
+    )
+    runs = {d.name: summary(d) for d in sweep.iterdir() if (d / "summary.json").exists()}
+    assert {name: r["status"] for name, r in runs.items()} == {
+        "mha_r0.25_s0": "ok", "mha_r0.5_s0": "skipped", "mla_r0.25_s0": "ok", "mla_r0.5_s0": "ok"
+    }
+    assert runs["mha_r0.5_s0"]["duplicate_of"] == str(sweep / "mha_r0.25_s0")
+    assert runs["mha_r0.25_s0"]["rank"] is None and runs["mla_r0.25_s0"]["rank"] == 0.25
+    assert runs["mla_r0.25_s0"]["config"]["model"]["d_model"] == 32  # the whole resolved config travels along
+
+
+def test_summary_history_and_one_final_validation(smoke_run):
+    """Validations at steps 10, 20, 30 of 30: the last one is the final one, not repeated after fit."""
+    result = summary(smoke_run)
+    val = series(read_metrics(smoke_run), "val/loss")
+    assert len(val) == 3  # the CSV logs validations at global_step - 1
+    assert [h["step"] for h in result["val_history"]] == [10, 20, 30]
+    assert [h["val_loss"] for h in result["val_history"]] == [v for _, v in val]
+    best = min(result["val_history"], key=lambda h: h["val_loss"])
+    assert (result["val_loss_best"], result["val_acc_best"]) == (best["val_loss"], best["val_acc"])
+    assert result["val_ppl_final"] == math.exp(result["val_loss_final"])
+    assert result["status"] == "ok" and result["twin"] == "mha_rope"
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "latentlm.train", "experiment=smoke", f"ckpt_path={tmp_path}/nope.ckpt",
+         f"paths.root_dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: ckpt_path={tmp_path}/nope.ckpt is not a file; give a checkpoint such as <run>/checkpoints/last.ckpt"
+    ]
