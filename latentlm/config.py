@@ -1,5 +1,6 @@
 """Config helpers: resolvers, the one-line checks that run before any work, and CLI group-choice checks."""
 
+import difflib
 import os
 import re
 import sys
@@ -52,8 +53,35 @@ def check_cli_choices(argv: list[str]) -> None:
                 )
 
 
+def check_cli_keys(argv: list[str]) -> None:
+    """Reject a misspelt key (e.g. trainer.max_step=5) in one line naming the closest valid key.
+
+    Hydra's own message for it is several lines ending in "Key 'max_step' is not in struct". The keys are checked
+    against the config composed with the command line's group options (the first option of a sweep list).
+    """
+    keys = [m.group(1) for a in argv if (m := re.fullmatch(r"([A-Za-z_][\w.]*)=.*", a))]
+    keys = [k for k in keys if k not in GROUPS and not k.startswith("hydra.")]
+    if not keys:
+        return
+    from hydra import compose, initialize_config_dir
+
+    choices = [f"{k}={v.split(',')[0]}" for a in argv if (m := re.fullmatch(r"([a-z_]+)=(.+)", a))
+               for k, v in [m.groups()] if k in GROUPS]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=choices)
+    for key in keys:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and leaf not in node:
+            close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
+            hint = f"did you mean {'.'.join(filter(None, (parent, close[0])))}?" if close else "no such key"
+            raise ConfigError(f"{key} is not a config key: {hint} (+{key}=... adds a new key)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the values that would otherwise fail deep inside training, before any work starts."""
+    for key, kind in (("seed", int), ("rank", float), ("optimizer.lr", float), ("trainer.max_steps", int)):
+        _check_number(cfg, key, kind)
     if not 0 < cfg.rank <= 1:
         raise ConfigError(f"rank={cfg.rank} is outside (0, 1]; the latent dim is rank x d_model")
     m, att = cfg.model, cfg.attention
@@ -90,6 +118,14 @@ def validate(cfg: DictConfig) -> None:
             check_source(OmegaConf.to_container(cfg.data, resolve=True))
         except FileNotFoundError as err:
             raise ConfigError(str(err)) from None
+
+
+def _check_number(cfg: DictConfig, key: str, kind: type) -> None:
+    """`key` holds a number of `kind` (an int also passes as a float)."""
+    value = OmegaConf.select(cfg, key)
+    allowed = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise ConfigError(f"{key}={value} is not {'a number' if kind is float else 'an integer'}")
 
 
 def _divisors(n: int) -> list[int]:

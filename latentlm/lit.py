@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torchmetrics import SumMetric
 
+from latentlm.config import ConfigError
 from latentlm.model import GPT
 
 
@@ -74,8 +75,17 @@ class LitGPT(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["val_history"] = self.val_history
+        checkpoint["max_steps"] = self.trainer.max_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # The restored schedule was built for the checkpoint's budget: a longer one would restart the cosine
+        # (the lr climbs back up), which is a new run, not a resumed one.
+        saved = checkpoint.get("max_steps", self.trainer.max_steps)
+        if saved != self.trainer.max_steps:
+            raise ConfigError(
+                f"trainer.max_steps={self.trainer.max_steps} differs from the resumed run's {saved}; resuming "
+                f"continues its schedule, so keep trainer.max_steps={saved} (train longer in a new run)"
+            )
         self.val_history = checkpoint.get("val_history", [])
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

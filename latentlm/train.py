@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -13,16 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from latentlm.callbacks import Diverged, PlainProgress, StopOnNonFinite, Throughput, train_flops_per_token
-from latentlm.config import CONFIG_DIR, ConfigError, check_cli_choices, fail, register_resolvers, validate
-from latentlm.lit import LitGPT
+from latentlm.config import (
+    CONFIG_DIR,
+    ConfigError,
+    check_cli_choices,
+    check_cli_keys,
+    fail,
+    register_resolvers,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -36,6 +41,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     written) or "skipped" (a sweep job identical to one already trained in the same sweep, see `_claim`).
     """
     validate(cfg)
+    # torch and Lightning take seconds to import: only once the config is valid, so bad input fails fast.
+    from latentlm.callbacks import Diverged
+
     started = time.time()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +69,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Build data, model and trainer, train, and return the run's measured results."""
+    import lightning as L
+    import torch
+
+    from latentlm.callbacks import PlainProgress, StopOnNonFinite, Throughput, train_flops_per_token
+    from latentlm.lit import LitGPT
+
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup()
@@ -92,7 +106,7 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if throughput is not None:
         throughput.flops_per_token = train_flops_per_token(build_net, cfg.data.seq_len)
     loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
-    trainer: L.Trainer = instantiate(
+    trainer = instantiate(
         trainer_cfg, callbacks=callbacks, logger=loggers, enable_progress_bar=interactive
     )
     compile_mode = cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
@@ -200,7 +214,7 @@ def _claim(cfg: DictConfig) -> str | None:
         return path.read_text()
 
 
-def _judge(cfg: DictConfig, net: torch.nn.Module, datamodule: Any) -> dict[str, Any] | None:
+def _judge(cfg: DictConfig, net: Any, datamodule: Any) -> dict[str, Any] | None:
     """Grade `judge_samples` stories sampled from the trained model with the story grammar (latentlm.judge)."""
     if not cfg.judge_samples or cfg.data.get("source") != "synthetic":
         return None
@@ -256,14 +270,23 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         result = train(cfg)
     except ConfigError as err:
+        _remove_run_dir_left_empty()
         fail(err)
     if result["status"] == "diverged" and HydraConfig.get().mode == RunMode.RUN:
         sys.exit(1)  # a sweep goes on to its next job; a single run tells the shell
 
 
+def _remove_run_dir_left_empty() -> None:
+    """Hydra makes the run dir before the config is checked: remove it again if it holds only Hydra's files."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir)
+
+
 def main() -> None:
     try:
         check_cli_choices(sys.argv[1:])
+        check_cli_keys(sys.argv[1:])
     except ConfigError as err:
         fail(err)
     _hydra_main()

@@ -5,8 +5,12 @@ import math
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO, read_metrics, run_train, series
+from hydra.core.global_hydra import GlobalHydra
+
+import latentlm.train as train_cli
 
 
 def summary(run_dir) -> dict:
@@ -94,3 +98,37 @@ def test_missing_checkpoint_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: ckpt_path={tmp_path}/nope.ckpt is not a file; give a checkpoint such as <run>/checkpoints/last.ckpt"
     ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.max_step=5"], "trainer.max_step is not a config key: did you mean trainer.max_steps?"),
+        (["model.d_modl=64"], "model.d_modl is not a config key: did you mean model.d_model?"),
+        (["seed=x"], "seed=x is not an integer"),
+        (["optimizer.lr=fast"], "optimizer.lr=fast is not a number"),
+    ],
+)
+def test_bad_key_or_value_is_one_line_and_leaves_no_run_dir(overrides, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["train", "experiment=smoke", f"paths.root_dir={tmp_path}", *overrides])
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main()
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {expected}")
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*.yaml"))
+
+
+def test_resume_refuses_a_longer_budget(data_root, tmp_path):
+    first = tmp_path / "first"
+    run_train("experiment=smoke", "trainer.max_steps=10", f"hydra.run.dir={first}", root=data_root)
+    proc = run_train(
+        "experiment=smoke", "trainer.max_steps=20", f"ckpt_path={first}/checkpoints/last.ckpt",
+        f"hydra.run.dir={tmp_path / 'longer'}", root=data_root, check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: trainer.max_steps=20 differs from the resumed run's 10; resuming continues its schedule, "
+        "so keep trainer.max_steps=10 (train longer in a new run)"
+    )
