@@ -116,12 +116,14 @@ def uses_rank(attention: str, config: dict[str, Any] | None) -> bool:
     """Whether `rank` changes this attention: latent variants only. From the run's config, else configs/."""
     kind = _lookup(config, "attention.type", "config.attention.type")
     if kind is None:
-        from omegaconf import OmegaConf
+        from hydra import compose, initialize_config_dir
 
         from latentlm.config import CONFIG_DIR
 
-        path = CONFIG_DIR / "attention" / f"{attention}.yaml"
-        kind = OmegaConf.load(path).get("type") if path.is_file() else "latent"  # unknown: keep the rank
+        kind = "latent"  # unknown: keep the rank
+        if (CONFIG_DIR / "attention" / f"{attention}.yaml").is_file():
+            with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):  # an option may inherit its `type`
+                kind = compose("train", overrides=[f"attention={attention}"]).attention.type
     return kind == "latent"
 
 

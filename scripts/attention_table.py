@@ -11,11 +11,6 @@ from hydra.utils import instantiate
 
 from latentlm.config import CONFIG_DIR, group_choices, register_resolvers
 
-CACHED = {
-    "gqa": "K and V of each KV head",
-    "latent": "latent c (r) + shared rotary key (rope_dim)",
-}
-
 
 def build(model: str, attention: str, rank: float):
     register_resolvers()
@@ -43,11 +38,12 @@ def main() -> None:
             latent = hasattr(attn, "latent_dim")
             if not latent and rank != ranks[0]:
                 continue  # rank does not change non-latent variants
-            what = CACHED["latent" if latent else "gqa"]
             if not latent:
-                what += f" ({attn.n_kv_heads} x 2 x {attn.head_dim})"
+                what = f"K and V of each KV head ({attn.n_kv_heads} x 2 x {attn.head_dim})"
             else:
-                what = f"latent {attn.latent_dim} + rotary key {attn.rope_dim}"
+                r = attn.latent_dim
+                latents = f"latent {r}" if attn.kv_latent == "joint" else f"c_k {r} + c_v {r}"
+                what = f"{latents} + rotary key {attn.rope_dim}"
                 if attn.n_blocks > 1:
                     what += f" ({attn.n_blocks} blocks of {attn.block_dim})"
             elements = attn.kv_cache_elements()

@@ -1,6 +1,11 @@
 """Decode benchmark: KV-cache bytes, what fits in memory, and decode speed for every attention variant.
 
     python scripts/bench_decode.py [--model 30m] [--rank 0.5] [--contexts 512,...,16384] [--batches 1,8,64,256]
+        [--variants mha,mla_rope,mla_rope@1.0,...]
+
+A variant is `name[@rank][:naive]`: an attention config, its rank if not --rank, and ':naive' to decode a latent
+variant unabsorbed. The paper's decode claim (MLA at r = d/2 is 1.4x faster than full-rank MLA) is
+`mla_rope` beside `mla_rope@1.0`; for every such pair the script prints the ratio of their tokens/s.
 
 For each variant (MLA and MLRA with absorbed and naive decoding): the cache bytes per token by formula and
 as measured growth of allocated GPU memory, the largest batch x context that fits --budget-gib, and the
@@ -10,6 +15,7 @@ weights and a random cache, captured in a CUDA graph and replayed. Writes JSON a
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -24,11 +30,20 @@ from latentlm.config import CONFIG_DIR, register_resolvers
 from latentlm.model import GPT
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = "mha,mqa,gqa,mla,mla_rope,mla_rope:naive,mlra,mlra:naive"
+VARIANTS = "mha,mqa,gqa,mla,mla_rope,mla_rope@1.0,mla_rope:naive,mla_rope_split,mlra,mlra:naive"
 
 
-def build(variant: str, model: str, rank: float, max_len: int, device: str, dtype: torch.dtype) -> GPT:
-    name, _, path = variant.partition(":")
+def parse_variant(variant: str, default_rank: float) -> tuple[str, float, str]:
+    """`name[@rank][:naive|:absorbed]` -> (config name, rank, decode path or '')."""
+    match = re.fullmatch(r"(\w+)(?:@([\d.]+))?(?::(naive|absorbed))?", variant)
+    if match is None:
+        raise ValueError(f"variant {variant!r} is not name[@rank][:naive]")
+    name, rank, path = match.groups()
+    return name, float(rank) if rank else default_rank, path or ""
+
+
+def build(variant: str, model: str, default_rank: float, max_len: int, device: str, dtype: torch.dtype) -> GPT:
+    name, rank, path = parse_variant(variant, default_rank)
     register_resolvers()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", f"attention={name}", f"rank={rank}",
@@ -150,9 +165,10 @@ def plot(rows: list[dict], out_dir: Path, batch: int) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=VARIANTS, help="names; ':naive' decodes a latent variant unabsorbed")
+    parser.add_argument("--variants", default=VARIANTS,
+                        help="name[@rank][:naive], comma separated; ':naive' decodes a latent variant unabsorbed")
     parser.add_argument("--model", default="30m")
-    parser.add_argument("--rank", type=float, default=0.5)
+    parser.add_argument("--rank", type=float, default=0.5, help="rank of the latent variants without @rank")
     parser.add_argument("--contexts", default="512,1024,2048,4096,8192,16384")
     parser.add_argument("--batches", default="1,8,64,256")
     parser.add_argument("--budget-gib", type=float, default=40.0, help="memory for the KV cache")
@@ -173,7 +189,13 @@ def main() -> None:
     budget = args.budget_gib * 2**30
     compile_step = device == "cuda" if args.compile is None else args.compile
     latent = ("mla", "mlra")
-    variants = [v if ":" in v or not v.startswith(latent) else f"{v}:absorbed" for v in args.variants.split(",")]
+    specs = args.variants.split(",")
+    for v in specs:  # a bad spec fails before any work
+        try:
+            parse_variant(v, args.rank)
+        except ValueError as err:
+            parser.error(str(err))
+    variants = [v if ":" in v or not v.startswith(latent) else f"{v}:absorbed" for v in specs]
     rows, summary = [], []
     if args.append and args.out.is_file():  # keep the other variants of an earlier run (same device and settings)
         earlier = json.loads(args.out.read_text())
@@ -184,7 +206,8 @@ def main() -> None:
         step_fn = torch.compile(net, dynamic=True) if compile_step else net
         per_token = net.kv_cache_elements() * dtype.itemsize
         measured = measured_bytes_per_token(net, device, dtype)
-        info = {"variant": variant, "bytes_per_token": per_token, "measured_bytes_per_token": measured,
+        rank = parse_variant(variant, args.rank)[1] if variant.startswith(latent) else None
+        info = {"variant": variant, "rank": rank, "bytes_per_token": per_token, "measured_bytes_per_token": measured,
                 "max_tokens_in_budget": int(budget // per_token), "params": net.num_params()}
         if device == "cuda":
             info["kernels_b64_ctx4096"] = kernels(net, step_fn, device, dtype)
@@ -219,6 +242,10 @@ def main() -> None:
         ratio = f"{s['bytes_per_token'] / mha:.1%}" if mha else "-"
         print(f"| {s['variant']} | {s['bytes_per_token']:,} | {s['measured_bytes_per_token']:,.0f} | {ratio} | "
               f"{s['max_tokens_in_budget']:,} |")
+
+    def lookup(variant: str, context: int, batch: int) -> dict:
+        return next(r for r in rows if r["variant"] == variant and r["context"] == context and r["batch"] == batch)
+
     for batch in batches:
         print(f"\nDecode tokens/s at batch {batch} (ms per step):\n")
         print("| variant | " + " | ".join(str(c) for c in contexts) + " |")
@@ -226,9 +253,23 @@ def main() -> None:
         for s in summary:
             cells = []
             for c in contexts:
-                r = next(r for r in rows if r["variant"] == s["variant"] and r["context"] == c and r["batch"] == batch)
+                r = lookup(s["variant"], c, batch)
                 cells.append(f"{r['tokens_per_s']:,.0f} ({r['ms_per_step']:.2f})" if "tokens_per_s" in r else "-")
             print(f"| {s['variant']} | " + " | ".join(cells) + " |")
+    for s in summary:  # a low-rank variant against the same variant at full rank (r = d_model)
+        name, rank, path = parse_variant(s["variant"], args.rank)
+        full = next((f["variant"] for f in summary if parse_variant(f["variant"], args.rank) == (name, 1.0, path)),
+                    None)
+        if full is None or rank == 1.0:
+            continue
+        print(f"\nDecode tokens/s of {s['variant']} (r = {rank:g} d) / {full} (r = d), by batch and context:\n")
+        print("| batch | " + " | ".join(str(c) for c in contexts) + " |")
+        print("| --- |" + " ---: |" * len(contexts))
+        for batch in batches:
+            pairs = [(lookup(s["variant"], c, batch), lookup(full, c, batch)) for c in contexts]
+            cells = [f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x" if "tokens_per_s" in a and "tokens_per_s" in b
+                     else "-" for a, b in pairs]
+            print(f"| {batch} | " + " | ".join(cells) + " |")
     if device == "cuda":
         print("\nKernels of one decode step (batch 64, context 4096):")
         for s in summary:

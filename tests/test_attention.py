@@ -117,6 +117,7 @@ def expected_cache(name: str, rank: float, d: int = D, h: int = H) -> int:
         "gqa": 2 * 2 * hd,
         "mla": latent,
         "mla_rope": latent + hd // 2,
+        "mla_rope_split": 2 * latent + hd // 2,
         "mlra": latent + hd // 2,
         "mlra_gated": latent + hd // 2,
     }[name]
@@ -162,6 +163,7 @@ def expected_attention_params(name: str, rank: float, d: int = D, h: int = H) ->
         "gqa": gqa(2),
         "mla": d * h * hd + d * r + r + h * 2 * hd * r + h * hd * d,
         "mla_rope": latent,
+        "mla_rope_split": latent + d * r + r,  # a second down-projection and RMSNorm, for c_v
         "mlra": latent,
         "mlra_gated": latent + d * h * hd,
     }[name]

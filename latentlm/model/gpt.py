@@ -38,9 +38,9 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Token embedding tied to the LM head, vocab padded to a multiple of 64 for fast matmuls.
 
-    `attention` is the attention config: `name` (a label), `type` (a registry key), `pos_emb` ("learned" adds
-    GPT-2's absolute position embedding; "none" leaves positions to the attention, e.g. RoPE), and the
-    variant's own keyword arguments.
+    `attention` is the attention config: `name` (a label), `twin` (the baseline it is compared with; bookkeeping,
+    ignored here), `type` (a registry key), `pos_emb` ("learned" adds GPT-2's absolute position embedding;
+    "none" leaves positions to the attention, e.g. RoPE), and the variant's own keyword arguments.
     """
 
     def __init__(
@@ -57,6 +57,7 @@ class GPT(nn.Module):
         super().__init__()
         attention = dict(attention)
         self.attention_name = attention.pop("name", attention["type"])
+        attention.pop("twin", None)
         pos_emb = attention.pop("pos_emb", "none")
         if pos_emb not in ("learned", "none"):
             raise ValueError(f"attention.pos_emb={pos_emb!r} must be 'learned' or 'none'")

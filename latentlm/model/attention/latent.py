@@ -3,10 +3,10 @@
 MLA compresses keys and values of a token into one latent of r = rank * d_model elements:
 
     c = RMSNorm(W_dkv x)                      (r,)       cached
-    k_i = [W_uk^i c ; RoPE(W_kr x)]           per head: d_h latent-derived dims + rope_dim shared rotary dims
+    k_i = [W_uk^i c ; RoPE(W_kr x)]           per head: d_nope latent-derived dims + rope_dim shared rotary dims
     q_i = [W_uq^i x ; RoPE(W_qr^i x)]         (or from a compressed query latent when q_rank is set)
-    v_i = W_uv^i c
-    o_i = softmax(q_i . k_j / sqrt(d_h + rope_dim)) v_j,   u = W_o [o_1; ...; o_H]
+    v_i = W_uv^i c                            (d_h,)
+    o_i = softmax(q_i . k_j / sqrt(d_nope + rope_dim)) v_j,   u = W_o [o_1; ...; o_H]
 
 The rotary key part (decoupled RoPE) is one head shared by all heads and is cached beside c, so the cache is
 r + rope_dim elements per token per layer. With rope_dim = 0 this is MLA without RoPE (learned absolute
@@ -15,15 +15,31 @@ and apply W_uv after attending over the latents (DeepSeek-V2 appendix C):
 
     q_i . W_uk^i c_j = (W_uk^i^T q_i) . c_j,      sum_j a_ij W_uv^i c_j = W_uv^i (sum_j a_ij c_j)
 
+`kv_latent` picks what the latent holds. "joint" is the above (DeepSeek). "split" gives keys and values latents
+of their own, each r wide and RMSNorm'ed on its own, so the cache is 2r + rope_dim per token per layer (the
+count of per-head K and V latents, r / H each, as secondary sources describe the MLA small-LM paper, arXiv
+2506.09342); absorption works the same with c_k in the scores and c_v in the weighted sum:
+
+    c_k = RMSNorm(W_dk x),  c_v = RMSNorm(W_dv x),  k_i = [W_uk^i c_k ; RoPE(W_kr x)],  v_i = W_uv^i c_v
+
+`rope_in_head` sets d_nope, the latent-derived width of each query and key head. false (DeepSeek): d_nope = d_h
+and the rotary dims are appended, q.k width d_h + rope_dim. true: the rotary dims are carved out of the head,
+d_nope = d_h - rope_dim and the q.k width is d_h, as in MHA+RoPE. Values are d_h wide either way.
+
 MLRA splits the latent into n_blocks blocks c^(b) of r / n_blocks elements, each RMSNorm'ed and up-projected by
 its own W_uk^(b), W_uv^(b) to keys and values of ALL heads. Attention runs once per block with the same queries
 and the same rotary key, and the block outputs are summed with a 1/sqrt(n_blocks) scale before W_o. A
 tensor-parallel shard then needs only its own latent block (+ the rotary key) of the cache. n_blocks = 1 is
-exactly MLA. `gated` multiplies the attention output by sigmoid(W_g x) before W_o (the paper's gated variant).
+exactly MLA. With split latents, c_k and c_v are each cut into n_blocks blocks, block b of both pairing up.
+`gated` multiplies the attention output by sigmoid(W_g x) before W_o (the paper's gated variant).
 
 `latent_scale` multiplies each normalised latent (and the normalised query latent) by sqrt(d_model / dim), as
 the official MLRA code does, so the up-projected keys keep the scale of a direct projection at any rank. It is
 on by default for every latent variant.
+
+Names against DeepSeek-V3's code: `w_in` packs [wq (or wq_a) | wkv_a], where our wkv_a gives [c | k_rope] or
+[c_v | c_k | k_rope]; `wkv_b` packs W_uk and W_uv of each head; `rank` is the fraction r / d_model
+(DeepSeek's kv_lora_rank is the width r, our `latent_dim`); `nope_dim` is qk_nope_head_dim.
 """
 
 import math
@@ -48,7 +64,9 @@ class LatentAttention(Attention):
         dropout: float = 0.0,
         rank: float = 0.5,
         rope_dim: int | None = None,
+        rope_in_head: bool = False,
         q_rank: float | None = None,
+        kv_latent: str = "joint",
         n_blocks: int = 1,
         gated: bool = False,
         latent_scale: bool = True,
@@ -58,8 +76,12 @@ class LatentAttention(Attention):
         super().__init__(d_model, n_head, dropout)
         if not 0 < rank <= 1:
             raise ValueError(f"rank={rank} must be in (0, 1]")
+        if kv_latent not in ("joint", "split"):
+            raise ValueError(f"kv_latent={kv_latent!r} must be 'joint' or 'split'")
         hd = self.head_dim
-        self.latent_dim = round(rank * d_model)
+        self.kv_latent = kv_latent
+        self.n_latents = 1 if kv_latent == "joint" else 2  # [c], or [c_v | c_k]: the value latent first
+        self.latent_dim = round(rank * d_model)  # r, the width of each latent
         self.n_blocks = n_blocks
         if n_blocks < 1 or self.latent_dim % n_blocks:
             raise ValueError(
@@ -69,43 +91,52 @@ class LatentAttention(Attention):
         self.rope_dim = hd // 2 if rope_dim is None else rope_dim
         if self.rope_dim % 2 or self.rope_dim < 0:
             raise ValueError(f"rope_dim={self.rope_dim} must be even and >= 0")
-        self.qk_dim = hd + self.rope_dim
+        if rope_in_head and not 0 < self.rope_dim < hd:
+            raise ValueError(f"rope_in_head needs 0 < rope_dim < head_dim={hd}; got rope_dim={self.rope_dim}")
+        self.nope_dim = hd - self.rope_dim if rope_in_head else hd  # latent-derived width of a q or k head
+        self.qk_dim = self.nope_dim + self.rope_dim
         self.scale = self.qk_dim**-0.5
         self.absorb = absorb
 
         q_out = n_head * self.qk_dim
-        # Everything computed from x in one matmul: the queries (or the query latent), the KV latent, the rotary key.
+        # Everything computed from x in one matmul: the queries (or the query latent), the KV latent(s), the
+        # rotary key.
         self.q_in_dim = q_out if q_rank is None else round(q_rank * d_model)
-        self.w_in = nn.Linear(d_model, self.q_in_dim + self.latent_dim + self.rope_dim, bias=False)
+        self.w_in = nn.Linear(d_model, self.q_in_dim + self.n_latents * self.latent_dim + self.rope_dim, bias=False)
         if q_rank is None:
             self.wq_b = None
         else:
             self.q_norm = nn.RMSNorm(self.q_in_dim)
             self.wq_b = nn.Linear(self.q_in_dim, q_out, bias=False)
             self.q_gain = math.sqrt(d_model / self.q_in_dim) if latent_scale else 1.0
-        self.kv_norm_weight = nn.Parameter(torch.ones(n_blocks, self.block_dim))  # one RMSNorm per block
+        # One RMSNorm per block of each latent.
+        self.kv_norm_weight = nn.Parameter(torch.ones(self.n_latents * n_blocks, self.block_dim))
         self.kv_gain = math.sqrt(d_model / self.block_dim) if latent_scale else 1.0
-        # Per block: W_uk and W_uv of all heads, packed as (n_blocks, H * (d_h [k] + d_h [v]), block_dim).
-        self.wkv_b = nn.Parameter(torch.empty(n_blocks, n_head * 2 * hd, self.block_dim).normal_(std=0.02))
+        # Per block: W_uk and W_uv of all heads, packed as (n_blocks, H * (d_nope [k] + d_h [v]), block_dim).
+        self.wkv_b = nn.Parameter(
+            torch.empty(n_blocks, n_head * (self.nope_dim + hd), self.block_dim).normal_(std=0.02)
+        )
         self.wo = nn.Linear(n_head * hd, d_model, bias=False)
         self.wg = nn.Linear(d_model, n_head * hd, bias=False) if gated else None
         self.rotary = Rotary(self.rope_dim, max_seq_len, rope_base) if self.rope_dim else None
 
     def cache_shapes(self) -> dict[str, tuple[int, ...]]:
-        # One row [latent | rotary key] a token, so absorbed decoding reads it as a key without copying it.
-        return {"kv": (self.latent_dim + self.rope_dim,)}
+        # One row a token, [c | k_rope] (joint) or [c_v | c_k | k_rope] (split): the value latent leads the row and
+        # the key is its last r + rope_dim columns, so absorbed decoding reads both from the cache without copies.
+        return {"kv": (self.kv_cache_elements(),)}
 
     def kv_cache_elements(self) -> int:
-        return self.latent_dim + self.rope_dim
+        return self.n_latents * self.latent_dim + self.rope_dim
 
     def forward(self, x: Tensor, cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
         B, T, _ = x.shape
-        q_in, latent, k_rope = self.w_in(x).split([self.q_in_dim, self.latent_dim, self.rope_dim], dim=-1)
-        q_nope, q_rope = self._queries(q_in, start_pos)  # (B, T, H, d_h), (B, T, H, rope_dim)
-        latent, k_rope = self._latent(latent, k_rope, start_pos)  # (B, T, r), (B, T, rope_dim)
+        latents = self.n_latents * self.latent_dim
+        q_in, latent, k_rope = self.w_in(x).split([self.q_in_dim, latents, self.rope_dim], dim=-1)
+        q_nope, q_rope = self._queries(q_in, start_pos)  # (B, T, H, d_nope), (B, T, H, rope_dim)
+        latent, k_rope = self._latent(latent, k_rope, start_pos)  # (B, T, n_latents * r), (B, T, rope_dim)
         if cache is not None:
-            kv = cache.append(start_pos, kv=torch.cat((latent, k_rope), dim=-1))["kv"]  # (B, S, r + rope_dim)
-            latent, k_rope = kv.split([self.latent_dim, self.rope_dim], dim=-1)
+            kv = cache.append(start_pos, kv=torch.cat((latent, k_rope), dim=-1))["kv"]  # (B, S, latents + rope)
+            latent, k_rope = kv.split([latents, self.rope_dim], dim=-1)
         if cache is not None and self.absorb:
             y = self._attend_absorbed(q_nope, q_rope, kv)
         else:
@@ -118,25 +149,32 @@ class LatentAttention(Attention):
     def _queries(self, q_in: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
         B, T, _ = q_in.shape
         q = q_in if self.wq_b is None else self.wq_b(self.q_norm(q_in) * self.q_gain)
-        q_nope, q_rope = q.view(B, T, self.n_head, self.qk_dim).split([self.head_dim, self.rope_dim], dim=-1)
+        q_nope, q_rope = q.view(B, T, self.n_head, self.qk_dim).split([self.nope_dim, self.rope_dim], dim=-1)
         if self.rotary is not None:
             q_rope = self.rotary(q_rope, start_pos)
         return q_nope, q_rope
 
     def _latent(self, latent: Tensor, k_rope: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
         B, T, _ = latent.shape
-        blocks = F.rms_norm(latent.view(B, T, self.n_blocks, self.block_dim), (self.block_dim,))
-        latent = (blocks * self.kv_norm_weight * self.kv_gain).view(B, T, self.latent_dim)
+        blocks = F.rms_norm(latent.view(B, T, -1, self.block_dim), (self.block_dim,))  # every block of each latent
+        latent = (blocks * self.kv_norm_weight * self.kv_gain).view(B, T, -1)
         if self.rotary is not None:
             k_rope = self.rotary(k_rope.unsqueeze(2), start_pos).squeeze(2)  # one head shared by all heads
         return latent, k_rope
 
+    def _up_projections(self) -> tuple[Tensor, Tensor]:
+        """W_uk (n_blocks, H, d_nope, block_dim) and W_uv (n_blocks, H, d_h, block_dim), views of wkv_b."""
+        w = self.wkv_b.view(self.n_blocks, self.n_head, self.nope_dim + self.head_dim, self.block_dim)
+        return w.split([self.nope_dim, self.head_dim], dim=2)
+
     def _attend_naive(self, q_nope: Tensor, q_rope: Tensor, latent: Tensor, k_rope: Tensor) -> Tensor:
         """Decompress the latents into per-head K and V (training form) and run SDPA, blocks folded into heads."""
-        B, T, H, hd = q_nope.shape
-        S, nb = latent.size(1), self.n_blocks
-        kv = torch.einsum("bsnc,nfc->bsnf", latent.view(B, S, nb, self.block_dim), self.wkv_b)
-        k_nope, v = kv.view(B, S, nb, H, 2 * hd).split(hd, dim=-1)  # (B, S, nb, H, d_h) each
+        B, T, H, _ = q_nope.shape
+        S, nb, c, r, hd = latent.size(1), self.n_blocks, self.block_dim, self.latent_dim, self.head_dim
+        w_uk, w_uv = self._up_projections()
+        c_v, c_k = latent[..., :r].view(B, S, nb, c), latent[..., -r:].view(B, S, nb, c)  # joint: both are c
+        k_nope = torch.einsum("bsnc,nhdc->bsnhd", c_k, w_uk)  # (B, S, nb, H, d_nope)
+        v = torch.einsum("bsnc,nhdc->bsnhd", c_v, w_uv)  # (B, S, nb, H, d_h)
         k = torch.cat((k_nope, k_rope[:, :, None, None, :].expand(B, S, nb, H, self.rope_dim)), dim=-1)
         q = torch.cat((q_nope, q_rope), dim=-1).unsqueeze(2).expand(B, T, nb, H, self.qk_dim)
         y = causal_attention(
@@ -151,18 +189,21 @@ class LatentAttention(Attention):
         return y.transpose(1, 2)
 
     def _attend_absorbed(self, q_nope: Tensor, q_rope: Tensor, kv: Tensor) -> Tensor:
-        """Attend over the cached [latent | rotary key] rows directly: W_uk folded into the query, W_uv after.
+        """Attend over the cached rows directly: W_uk folded into the query, W_uv after.
 
-        Each latent block acts as one key/value head shared by all query heads (FlashMLA's "MQA mode"): the
-        value of block n is its latent block, its key appends the shared rotary key. A decode step runs the
-        split-KV Triton kernel where it applies (see latent_decode), otherwise one SDPA call.
+        Each latent block acts as one key/value head shared by all query heads (FlashMLA's "MQA mode"): the key
+        of block n is its key-latent block and the shared rotary key, its value the value-latent block (the same
+        latent block when joint). A joint decode step runs the split-KV Triton kernel where it applies (see
+        latent_decode), otherwise one SDPA call.
         """
-        B, T, H, hd = q_nope.shape
+        B, T, H, _ = q_nope.shape
         nb, c, rope = self.n_blocks, self.block_dim, self.rope_dim
-        w_uk, w_uv = self.wkv_b.view(nb, H, 2 * hd, c).split(hd, dim=2)  # (nb, H, d_h, c) each
+        w_uk, w_uv = self._up_projections()
         q_latent = torch.einsum("bthd,nhdc->bnthc", q_nope, w_uk)  # (B, nb, T, H, c)
         q = torch.cat((q_latent, q_rope.unsqueeze(1).expand(B, nb, T, H, rope)), dim=-1).view(B, nb, T * H, c + rope)
-        if T == 1 and latent_decode.supported(kv, c, rope):
+        # The kernel reads each value from its key's latent columns, which only the joint row has; split rows
+        # take SDPA, which accepts keys wider than values.
+        if T == 1 and self.kv_latent == "joint" and latent_decode.supported(kv, c, rope):
             out = latent_decode.attend(q, kv, nb, c, rope, self.scale)  # (B, nb, H, c)
         else:
             out = self._sdpa_over_cache(q, kv, T)  # (B, nb, T * H, c)
@@ -172,14 +213,15 @@ class LatentAttention(Attention):
         """SDPA with the heads folded into the query length: one call reads the cache, without copies when
         n_blocks = 1 (MLRA concatenates each block with the rotary key)."""
         B, nb, TH, _ = q.shape
-        S, c, rope = kv.size(1), self.block_dim, self.rope_dim
+        S, c, r, rope = kv.size(1), self.block_dim, self.latent_dim, self.rope_dim
+        key = kv[..., (self.n_latents - 1) * r :]  # (B, S, r + rope): [c_k | k_rope], or the whole joint row
         if nb == 1:
-            k = kv.unsqueeze(1)  # (B, 1, S, r + rope): the cache itself
+            k = key.unsqueeze(1)  # (B, 1, S, r + rope): a view of the cache
         else:
-            latent, k_rope = kv.split([self.latent_dim, rope], dim=-1)
-            k = torch.cat((latent.view(B, S, nb, c), k_rope.unsqueeze(2).expand(B, S, nb, rope)), dim=-1)
+            c_k, k_rope = key.split([r, rope], dim=-1)
+            k = torch.cat((c_k.view(B, S, nb, c), k_rope.unsqueeze(2).expand(B, S, nb, rope)), dim=-1)
             k = k.transpose(1, 2)  # (B, nb, S, c + rope)
-        v = kv[..., : self.latent_dim].view(B, S, nb, c).transpose(1, 2)  # (B, nb, S, c), a view of the cache
+        v = kv[..., :r].view(B, S, nb, c).transpose(1, 2)  # (B, nb, S, c): c_v (or c), a view of the cache
         mask = None
         if T > 1:  # query row t * H + h is the token at position S - T + t
             position = torch.arange(T, device=kv.device).repeat_interleave(TH // T) + (S - T)
