@@ -23,6 +23,7 @@ EXPECTED = {  # variant: (decayed per layer, not decayed per layer, not decayed 
     "mqa": (GQA_DECAYED, NORMS, ["wte.weight", "ln_f.weight", "ln_f.bias"]),
     "mla": (LATENT_DECAYED, LATENT_PLAIN, ["wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"]),
     "mla_rope": (LATENT_DECAYED, LATENT_PLAIN, ["wte.weight", "ln_f.weight", "ln_f.bias"]),
+    "mla_rope_split": (LATENT_DECAYED, LATENT_PLAIN, ["wte.weight", "ln_f.weight", "ln_f.bias"]),
     "mlra": (LATENT_DECAYED, LATENT_PLAIN, ["wte.weight", "ln_f.weight", "ln_f.bias"]),
     "mlra_gated": ([*LATENT_DECAYED, "attn.wg.weight"], LATENT_PLAIN, ["wte.weight", "ln_f.weight", "ln_f.bias"]),
 }
