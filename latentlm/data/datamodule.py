@@ -6,7 +6,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from latentlm.data.pipeline import TokenCache, build_cache
 
@@ -31,6 +31,30 @@ class PackedTokens(Dataset):
         return window[:-1], window[1:]
 
 
+class StepSampler(Sampler[int]):
+    """A shuffled order that is a function of (seed, epoch) alone, resumable at any step.
+
+    Lightning calls `set_epoch` at the start of every epoch (also the epoch a run resumes in) but restarts a
+    plain sampler at the epoch's first batch; `skip_batches` makes a resumed run see exactly the batches the
+    uninterrupted run would have seen next.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch, self.skip_batches = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        start, self.skip_batches = self.skip_batches * self.batch_size, 0
+        return iter(order[start:].tolist())
+
+
 class StoryDataModule(L.LightningDataModule):
     """Builds (or reuses) the token cache for a data + tokenizer config and serves train/val batches."""
 
@@ -42,9 +66,11 @@ class StoryDataModule(L.LightningDataModule):
         batch_size: int,
         num_workers: int = 0,
         num_proc: int | None = None,
+        shuffle_seed: int = 0,
         **source: Any,
     ):
         super().__init__()
+        self.shuffle_seed = shuffle_seed
         self.cache_dir, self.tokenizer_cfg, self.source_cfg = Path(cache_dir), dict(tokenizer), dict(source)
         self.seq_len, self.batch_size, self.num_workers, self.num_proc = (
             seq_len,
@@ -76,10 +102,15 @@ class StoryDataModule(L.LightningDataModule):
         return self.cache.meta["splits"]["val"].get("entropy_floor")
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        sampler = None
+        if shuffle:
+            sampler = StepSampler(len(dataset), self.batch_size, self.shuffle_seed)
+            if self.trainer is not None:  # resuming at global_step: go on from that batch of its epoch
+                sampler.skip_batches = self.trainer.global_step % (len(dataset) // self.batch_size)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
