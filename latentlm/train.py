@@ -138,7 +138,7 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     final, best = history[-1], min(history, key=lambda h: h["val_loss"])
     elements = net.kv_cache_elements()
     floor = datamodule.entropy_floor
-    judge = _judge(cfg, net, datamodule)
+    judge = _judge(cfg, net, datamodule, out_dir)
     return {
         "params": net.num_params(),
         "params_non_embedding": net.num_params(non_embedding=True),
@@ -214,15 +214,21 @@ def _claim(cfg: DictConfig) -> str | None:
         return path.read_text()
 
 
-def _judge(cfg: DictConfig, net: Any, datamodule: Any) -> dict[str, Any] | None:
-    """Grade `judge_samples` stories sampled from the trained model with the story grammar (latentlm.judge)."""
-    if not cfg.judge_samples or cfg.data.get("source") != "synthetic":
+def _judge(cfg: DictConfig, net: Any, datamodule: Any, out_dir: Path) -> dict[str, Any] | None:
+    """Grade `judge.samples` stories sampled from the trained model with the story grammar (latentlm.judge); the
+    samples are kept in judge_samples.txt."""
+    if not cfg.judge.samples or cfg.data.get("source") != "synthetic":
         return None
+    import torch
+
     from latentlm.judge import judge_texts, sample_stories
 
-    net.eval()
-    samples = sample_stories(net, datamodule.cache.encoding(), cfg.judge_samples, seed=cfg.seed)
-    return judge_texts(samples)
+    # Lightning hands the model back on the CPU after fit; sampling belongs on the accelerator.
+    net.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    samples = sample_stories(net, datamodule.cache.encoding(), cfg.judge.samples, temperature=cfg.judge.temperature,
+                             seed=cfg.seed)
+    (out_dir / "judge_samples.txt").write_text("\n<|endoftext|>\n".join(samples))
+    return judge_texts(samples) | {"temperature": cfg.judge.temperature}
 
 
 def _write_summary(out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
