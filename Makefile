@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install train test lint bench-data bench-train bench-decode wheelhouse clean
+.PHONY: install train test lint results bench-data bench-train bench-decode wheelhouse clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# docs/results.md, and each experiment's tables and plots, from the run summaries in docs/results/*/runs/.
+results: $(STAMP)
+	$(PY) -m latentlm.report docs/results --out docs/results.md
 
 # Benchmarks print a table and write JSON (and plots) under docs/; meant for a GPU, they also run on a CPU.
 bench-data: $(STAMP)

@@ -1,213 +1,180 @@
-"""Compare finished runs: `python -m latentlm.compare <multirun dir | run dirs | wandb:entity/project/group> ...`.
+"""Compare finished runs: `python -m latentlm.compare <run dirs | dirs of runs | summary JSONs | wandb:e/p/group> ...`.
 
-Gathers runs (local: every directory under the inputs that holds a summary.json; W&B: every run of a group),
-averages the seeds of each variant (attention, rank, model) and prints a markdown table with the KV-cache size
-and the validation loss of each variant against the MHA baseline. Writes, to --out (default: the first input
-dir), the table as compare.md and compare.json and two plots: val_loss_curves.png (validation loss against
-step, mean and std over seeds) and pareto_kv_vs_loss.png (validation loss against KV-cache bytes per token,
-with the Pareto front).
+What is compared with what:
+- Runs fall into comparable groups: runs whose resolved configs agree on everything but the attention variant,
+  its rank and the seed (`GROUP_KEY_IGNORES` lists what else may differ). Nothing is averaged or paired across
+  groups; each group has its own tables, headed by the settings that set it apart from the other groups.
+- In a group, each variant (attention, rank) is averaged over its seeds: the mean, the 95% t-interval of the mean,
+  t(0.975, n - 1) x sd / sqrt(n), and n. Rank is NaN where the attention has no latent.
+- Each variant is compared with its twin, the baseline that differs from it only in attention (the summary's
+  `twin`, e.g. mla -> mha, mla_rope -> mha_rope), seed by seed: the paired differences get the same interval,
+  and one that holds 0 is "not distinguishable at n seeds".
+- Failed and diverged runs are listed with their error; a second run of one (group, variant, seed) is set apart
+  with the run it repeats; skipped jobs (a sweep's duplicates, never trained) are only counted.
 
-Rank only changes the latent variants (attention type `latent`); for the others it is n/a, so runs of e.g.
-MHA at two ranks are the same experiment: the first one of each seed is kept and the others are reported.
+Writes, to --out (default: the first input): compare.md, compare.json, val_loss_curves.png and
+pareto_kv_vs_loss.png (validation loss against KV-cache bytes per token, 95% intervals as error bars).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
-import statistics
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Per-run quantities; the table and compare.json aggregate each over seeds (mean, std, n).
-QUANTITIES = (
-    "params",
-    "kv_elements_per_token",
-    "kv_bytes_per_token",
-    "val_loss",  # the --metric: val_loss_best (default) or val_loss_final
-    "val_loss_best",
-    "val_loss_final",
-    "val_acc",
-    "tokens_per_s",
-    "entropy_floor",
-    "gap_to_floor",  # val_loss - entropy_floor
+import numpy as np
+import pandas as pd
+import scipy.stats
+from pandas.api.typing import DataFrameGroupBy
+
+from latentlm.config import fail
+
+TABLE_MD, TABLE_JSON = "compare.md", "compare.json"
+CURVES_PNG, PARETO_PNG = "val_loss_curves.png", "pareto_kv_vs_loss.png"
+METRICS = ("final", "best")  # val_loss_final: the whole validation split at the end; best: the least validation
+
+# Keys of the resolved config (dotted; a key covers everything under it) that may differ inside one comparable group:
+# the variant and the seed under comparison, and settings that change where things go or what is recorded, not
+# what is trained. When unsure whether a setting changes training, it stays in the key: a needless split shows in
+# the group headers, a wrong merge would show nowhere. trainer.precision stays, as the run resolved it (its
+# summary's `precision`), since "auto" means bf16 on CUDA and fp32 on CPU.
+GROUP_KEY_IGNORES = (
+    "attention",
+    "model.attention",  # ${attention}
+    "rank",
+    "seed",
+    "paths",
+    "data.cache_dir",
+    "data.hf_cache_dir",
+    "sweep_id",
+    "task_name",
+    "ckpt_path",  # a resumed run trains to the same end as one that was not stopped
+    "logger",
+    "callbacks",  # checkpoints, throughput, judge samples: they watch training and do not change it
+    "compile",
+    "compile_mode",
+    "trainer.log_every_n_steps",
+    "trainer.default_root_dir",
+    "trainer.accelerator",
+    "trainer.enable_progress_bar",
 )
-CURVES_PNG, PARETO_PNG, TABLE_MD, TABLE_JSON = (
-    "val_loss_curves.png",
-    "pareto_kv_vs_loss.png",
-    "compare.md",
-    "compare.json",
+# Columns of the runs frame: summary.json's fields, nested ones under a short name. `group` is the comparable-group key.
+RUN_FIELDS = (
+    "run", "group", "status", "error", "attention", "twin", "rank", "seed", "params", "val_loss_final",
+    "val_loss_best", "val_acc_final", "val_acc_best", "entropy_floor", "tokens_per_s", "tokens", "device",
+    "precision", "sweep_id", "git_commit", "val_history",
 )
+NESTED_FIELDS = {
+    "kv_cache.elements_per_token": "kv_elements",
+    "kv_cache.bytes_per_token_bf16": "kv_bytes",
+    "judge.valid_share": "judge_valid",
+    "judge.valid_prefix_share": "judge_valid_prefix",
+    "judge.consistent_share": "judge_consistent",
+}
+# What W&B's run summary holds when train.py could not add summary.json to it: Lightning's last logged values.
+LIGHTNING_METRICS = {
+    "val_loss_final": "val/loss",
+    "val_acc_final": "val/acc",
+    "entropy_floor": "data/entropy_floor",
+    "tokens_per_s": "perf/tokens_per_s",
+}
+VARIANT = ["group", "attention", "rank"]  # one table row
+# Averaged per variant; loss and acc are the --metric's validation loss and accuracy.
+QUANTITIES = [
+    "loss", "acc", "params", "kv_elements", "kv_bytes", "judge_valid", "judge_valid_prefix", "judge_consistent",
+    "tokens_per_s", "entropy_floor", "tokens",
+]
+CHANGES = ["loss_change", "loss_change_pct", "acc_change"]  # variant minus twin, per seed
 
 
 class CompareError(ValueError):
     """A bad input: printed as one line, exit status 2."""
 
 
-@dataclass
-class Run:
-    attention: str
-    rank: float | None  # None where the variant has no latent (rank n/a)
-    model: str
-    seed: int | None
-    values: dict[str, float | None]
-    curve: list[tuple[int, float]]  # (step, val/loss)
-    source: str
-    tokens: int | None = None
-
-    @property
-    def variant(self) -> tuple[str, str, float | None]:
-        return (self.model, self.attention, self.rank)
-
-
-@dataclass
-class Row:
-    model: str
-    attention: str
-    rank: float | None
-    runs: list[Run]
-    stats: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
-    kv_reduction_pct: float | None = None  # 100 x (1 - KV / KV of the baseline)
-    val_loss_change_pct: float | None = None  # 100 x (loss / loss of the baseline - 1)
-    is_baseline: bool = False
-
-    def mean(self, key: str) -> float | None:
-        return self.stats[key]["mean"]
-
-
 # ---------------------------------------------------------------------------------------------- reading runs
 
 
-def _lookup(mapping: dict[str, Any] | None, *paths: str) -> Any:
-    """The first of `paths` (dotted) found in `mapping`, nested (a.b) or flat ('a.b' or 'a/b' keys)."""
-    if not mapping:
-        return None
-    for path in paths:
-        for key in (path, path.replace(".", "/")):
-            if key in mapping and mapping[key] is not None:
-                return mapping[key]
-        node: Any = mapping
-        for part in path.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-            if node is None:
-                break
-        if node is not None:
-            return node
-    return None
+def group_key(config: dict[str, Any], precision: str | None) -> str:
+    """The resolved config less GROUP_KEY_IGNORES, as sorted JSON of dotted keys: runs with equal keys compare."""
+    flat = pd.json_normalize(config).to_dict("records")[0] if config else {}
+    key = {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in GROUP_KEY_IGNORES)}
+    if precision is not None:
+        key["trainer.precision"] = precision
+    return json.dumps(key, sort_keys=True)
 
 
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
+def complete_summary(summary: dict[str, Any], run: str) -> dict[str, Any]:
+    """A run's summary with its name and group key, and what older summaries lack taken from its config."""
+    config = summary.get("config") or {}
+    attention = config.get("attention") if isinstance(config.get("attention"), dict) else {}
+    summary = {"status": "ok", **summary, "run": run}  # older train.py wrote summary.json for finished runs only
+    summary.setdefault("attention", attention.get("name"))
+    summary.setdefault("twin", attention.get("twin"))
+    summary.setdefault("rank", config.get("rank"))
+    if attention.get("type") == "gqa":
+        summary["rank"] = None  # older summaries logged the rank of variants that have no latent too
+    if not isinstance(summary["attention"], str):
+        raise CompareError(f"{run}: no attention name in its summary or config")
+    summary["group"] = group_key(config, summary.get("precision"))
+    return summary
 
 
-def _float(value: Any) -> float | None:
-    if value is None or isinstance(value, (dict, list, str)):
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
-def uses_rank(attention: str, config: dict[str, Any] | None) -> bool:
-    """Whether `rank` changes this attention: latent variants only. From the run's config, else configs/."""
-    kind = _lookup(config, "attention.type", "config.attention.type")
-    if kind is None:
-        from hydra import compose, initialize_config_dir
-
-        from latentlm.config import CONFIG_DIR
-
-        kind = "latent"  # unknown: keep the rank
-        if (CONFIG_DIR / "attention" / f"{attention}.yaml").is_file():
-            with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):  # an option may inherit its `type`
-                kind = compose("train", overrides=[f"attention={attention}"]).attention.type
-    return kind == "latent"
-
-
-def make_run(
-    summary: dict[str, Any],
-    config: dict[str, Any] | None,
-    curve: list[tuple[int, float]],
-    source: str,
-    metric: str = "best",
-) -> Run:
-    """One run from a summary (summary.json, or a W&B run summary) and its config.
-
-    A W&B summary that lacks summary.json's keys falls back to the last logged metrics (val/loss, val/acc,
-    data/entropy_floor, perf/tokens_per_s) and to the logged hyperparameters (attention, rank, model, params).
-    """
-    attention = _lookup(summary, "attention") or _lookup(config, "attention.name", "attention")
-    if not isinstance(attention, str):
-        raise CompareError(f"{source}: no attention name in its summary or config")
-    rank = _float(_first(_lookup(summary, "rank"), _lookup(config, "rank")))
-    model = _first(_lookup(summary, "model"), _lookup(config, "model"))
-    model = model if isinstance(model, str) else "?"
-    seed = _first(_lookup(summary, "seed"), _lookup(config, "seed", "config.seed"))
-    curve = sorted(dict(curve).items())  # one value a step
-    if len(curve) > 1 and curve[-1][0] - curve[-2][0] <= 1 and math.isclose(curve[-1][1], curve[-2][1], rel_tol=1e-6):
-        curve.pop()  # train.py's validation after fit, of the weights the last validation in fit saw
-    final = _float(_lookup(summary, "val_loss_final", "val/loss"))
-    best = _float(_lookup(summary, "val_loss_best"))
-    if best is None and (curve or final is not None):
-        best = min([v for _, v in curve] + ([final] if final is not None else []))
-    floor = _float(_lookup(summary, "entropy_floor", "data/entropy_floor"))
-    loss = best if metric == "best" else final
-    kv = _float(_lookup(summary, "kv_cache.elements_per_token"))
-    kv_bytes = _float(_lookup(summary, "kv_cache.bytes_per_token_bf16"))
-    values = {
-        "params": _float(_first(_lookup(summary, "params"), _lookup(config, "params"))),
-        "kv_elements_per_token": kv,
-        "kv_bytes_per_token": kv_bytes if kv_bytes is not None else (2 * kv if kv is not None else None),
-        "val_loss": loss,
-        "val_loss_best": best,
-        "val_loss_final": final,
-        "val_acc": _float(_lookup(summary, "val_acc_final", "val/acc")),
-        "tokens_per_s": _float(_lookup(summary, "tokens_per_s", "perf/tokens_per_s")),
-        "entropy_floor": floor,
-        "gap_to_floor": loss - floor if loss is not None and floor is not None else None,
-    }
-    tokens = _lookup(summary, "tokens")
-    return Run(
-        attention=attention,
-        rank=rank if uses_rank(attention, config) else None,
-        model=model,
-        seed=int(seed) if seed is not None else None,
-        values=values,
-        curve=curve,
-        source=source,
-        tokens=int(tokens) if isinstance(tokens, (int, float)) else None,
-    )
-
-
-def read_curve(metrics_csv: Path) -> list[tuple[int, float]]:
-    """(step, val/loss) from a run's csv/metrics.csv (empty when the file or the column is missing)."""
-    if not metrics_csv.is_file():
+def _csv_history(metrics_csv: Path) -> list[dict[str, float]]:
+    """val_history from an older run dir's csv/metrics.csv: the rows that logged val/loss."""
+    metrics = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame()
+    if "val/loss" not in metrics:
         return []
-    with open(metrics_csv, newline="") as f:
-        return [(int(float(r["step"])), float(r["val/loss"])) for r in csv.DictReader(f) if r.get("val/loss")]
+    rows = metrics.dropna(subset=["val/loss"]).rename(columns={"val/loss": "val_loss", "val/acc": "val_acc"})
+    return rows.reindex(columns=["step", "val_loss", "val_acc"]).to_dict("records")
 
 
-def find_run_dirs(root: Path) -> list[Path]:
-    """`root` if it is a run dir (holds summary.json), else every run dir below it."""
-    if (root / "summary.json").is_file():
-        return [root]
-    return sorted(p.parent for p in root.rglob("summary.json"))
+def read_summary(path: Path) -> dict[str, Any]:
+    """One run from its summary JSON; beside a summary.json, an older run dir's config.yaml and metrics CSV."""
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CompareError(f"{path} is not JSON: {err}") from None
+    if not isinstance(summary, dict):
+        raise CompareError(f"{path} is not a run summary (a JSON object)")
+    run_dir = path.parent
+    if path.name == "summary.json":
+        if "config" not in summary and (run_dir / "config.yaml").is_file():
+            from omegaconf import OmegaConf
+
+            summary["config"] = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+        if "val_history" not in summary:
+            summary["val_history"] = _csv_history(run_dir / "csv" / "metrics.csv")
+    return complete_summary(summary, str(run_dir if path.name == "summary.json" else path))
 
 
-def load_run_dir(run_dir: Path, metric: str = "best") -> Run:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    config = None
-    if (run_dir / "config.yaml").is_file():
-        from omegaconf import OmegaConf
-
-        config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-    return make_run(summary, config, read_curve(run_dir / "csv" / "metrics.csv"), str(run_dir), metric)
+def find_summaries(path: Path) -> list[Path]:
+    """A summary JSON itself; in a dir, every summary.json below it, else the *.json files in it (copied summaries,
+    as in docs/results/<experiment>/runs/, less compare's own compare.json)."""
+    if path.is_file():
+        return [path]
+    return sorted(path.rglob("summary.json")) or sorted(p for p in path.glob("*.json") if p.name != TABLE_JSON)
 
 
-def load_wandb(spec: str, metric: str = "best") -> list[Run]:
+def config_from_wandb(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config of a W&B run: nested under "config", or flattened by train.py into "config/..." keys."""
+    if isinstance(hparams.get("config"), dict):
+        return hparams["config"]
+    config: dict[str, Any] = {}
+    for key, value in hparams.items():
+        if key.startswith("config/"):
+            *parents, leaf = key.removeprefix("config/").split("/")
+            node = config
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return config
+
+
+def load_wandb(spec: str) -> list[dict[str, Any]]:
     """Every run of a W&B group, `wandb:entity/project/group`, through the public API (needs the network)."""
     parts = spec.removeprefix("wandb:").split("/", 2)
     if len(parts) != 3 or not all(parts):
@@ -215,131 +182,150 @@ def load_wandb(spec: str, metric: str = "best") -> list[Run]:
     entity, project, group = parts
     import wandb
 
-    runs = []
+    summaries = []
     for run in wandb.Api().runs(f"{entity}/{project}", filters={"group": group}):
-        if run.state != "finished":
-            print(f"skipping W&B run {run.id} ({run.name}): state {run.state}", file=sys.stderr)
+        if run.state in ("running", "pending"):
+            print(f"note: W&B run {run.id} ({run.name}) is {run.state}: not compared", file=sys.stderr)
             continue
-        history = run.scan_history(keys=["trainer/global_step", "val/loss"])
-        curve = [(int(row["trainer/global_step"]), float(row["val/loss"])) for row in history]
-        source = f"wandb:{entity}/{project}/{run.id}"
-        runs.append(make_run(dict(run.summary_metrics), dict(run.config), curve, source, metric))
-    if not runs:
-        raise CompareError(f"{spec}: no finished run in W&B group {group!r} of {entity}/{project}")
-    return runs
+        hparams = dict(run.config)
+        summary = {k: v for k, v in hparams.items() if "/" not in k and k != "config"}  # train.py's hyperparameters
+        summary |= {ours: run.summary_metrics[theirs] for ours, theirs in LIGHTNING_METRICS.items()
+                    if theirs in run.summary_metrics}
+        summary |= dict(run.summary_metrics)  # summary.json, which train.py adds to the run's summary
+        summary.setdefault("config", config_from_wandb(hparams))
+        if run.state != "finished":
+            summary.setdefault("status", "failed")
+            summary.setdefault("error", f"W&B run state {run.state}")
+        if "val_history" not in summary:
+            history = run.scan_history(keys=["trainer/global_step", "val/loss", "val/acc"])
+            summary["val_history"] = [
+                {"step": row["trainer/global_step"], "val_loss": row["val/loss"], "val_acc": row["val/acc"]}
+                for row in history
+            ]
+        summaries.append(complete_summary(summary, f"wandb:{entity}/{project}/{run.id}"))
+    if not summaries:
+        raise CompareError(f"{spec}: no run to compare in W&B group {group!r} of {entity}/{project}")
+    return summaries
 
 
-def load_runs(sources: Sequence[str], metric: str = "best") -> list[Run]:
-    runs: list[Run] = []
-    seen: set[Path] = set()
+def load_summaries(sources: Sequence[str]) -> list[dict[str, Any]]:
+    """The summaries of every run in `sources` (an input inside another is read once)."""
+    summaries, seen = [], set()
     for source in sources:
         if source.startswith("wandb:"):
-            runs += load_wandb(source, metric)
+            summaries += load_wandb(source)
             continue
         path = Path(source)
-        if not path.is_dir():
-            raise CompareError(f"{source} is not a directory (nor wandb:entity/project/group)")
-        found = find_run_dirs(path)
+        if not path.exists():
+            raise CompareError(f"{source} does not exist (nor is it wandb:entity/project/group)")
+        found = find_summaries(path)
         if not found:
-            raise CompareError(f"{source} holds no run (no summary.json below it)")
-        dirs = [d for d in found if d.resolve() not in seen]  # an input inside another is read once
-        seen.update(d.resolve() for d in dirs)
-        runs += [load_run_dir(d, metric) for d in dirs]
-    return runs
+            raise CompareError(f"{source} holds no run (no summary.json below it, no *.json in it)")
+        new = [p for p in found if p.resolve() not in seen]
+        seen.update(p.resolve() for p in new)
+        summaries += [read_summary(p) for p in new]
+    return summaries
 
 
-# ------------------------------------------------------------------------------------------------ aggregating
+def runs_frame(summaries: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row a run: RUN_FIELDS and NESTED_FIELDS' columns (NaN where a summary lacks the field)."""
+    flat = pd.json_normalize([{k: v for k, v in s.items() if k != "config"} for s in summaries])
+    return flat.rename(columns=NESTED_FIELDS).reindex(columns=[*RUN_FIELDS, *NESTED_FIELDS.values()])
 
 
-def stats(values: Iterable[float | None]) -> dict[str, float | int | None]:
-    """Mean, sample standard deviation (n - 1; None for one value) and count of the values that are known."""
-    known = [v for v in values if v is not None]
-    return {
-        "mean": statistics.fmean(known) if known else None,
-        "std": statistics.stdev(known) if len(known) > 1 else None,
-        "n": len(known),
-    }
+# ------------------------------------------------------------------------------------------------ comparing
 
 
-def dedupe(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
-    """Keep one run per (variant, seed); returns the kept runs and the (dropped, kept) pairs.
-
-    Runs without a seed are all kept."""
-    kept: dict[tuple, Run] = {}
-    dropped = []
-    for i, run in enumerate(runs):
-        key = (*run.variant, run.seed if run.seed is not None else f"no seed {i}")
-        if key in kept:
-            dropped.append((run, kept[key]))
-        else:
-            kept[key] = run
-    return list(kept.values()), dropped
+def mean_ci(grouped: DataFrameGroupBy) -> pd.DataFrame:
+    """Per group and column: `<column>_mean`, `_sd` (n - 1), `_n` and `_ci`, the half-width of the 95% t-interval
+    of the mean, t(0.975, n - 1) x sd / sqrt(n) (NaN for n < 2)."""
+    stats = grouped.agg(["mean", "std", "count"])
+    columns = {}
+    for name in stats.columns.get_level_values(0).unique():
+        mean, sd, n = stats[name, "mean"], stats[name, "std"], stats[name, "count"]
+        ci = scipy.stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)
+        columns |= {f"{name}_mean": mean, f"{name}_sd": sd, f"{name}_n": n, f"{name}_ci": ci}
+    return pd.DataFrame(columns)
 
 
-def aggregate(runs: list[Run], baseline: str = "mha") -> list[Row]:
-    """One row a variant (model, attention, rank), seeds averaged, with the changes against the baseline."""
-    groups: dict[tuple, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.variant, []).append(run)
-
-    def order(key: tuple) -> tuple:
-        model, attention, rank = key
-        return (model, attention != baseline, attention, -(rank if rank is not None else math.inf))
-
-    rows = []
-    for key in sorted(groups, key=order):
-        members = sorted(groups[key], key=lambda r: (r.seed is None, r.seed or 0))
-        row = Row(model=key[0], attention=key[1], rank=key[2], runs=members)
-        row.stats = {q: stats(r.values[q] for r in members) for q in QUANTITIES}
-        rows.append(row)
-    for row in rows:
-        base = next((b for b in rows if b.model == row.model and b.attention == baseline), None)
-        if base is None:
-            continue
-        row.is_baseline = row is base
-        kv, kv_base = row.mean("kv_elements_per_token"), base.mean("kv_elements_per_token")
-        if kv is not None and kv_base:
-            row.kv_reduction_pct = 100 * (1 - kv / kv_base)
-        loss, loss_base = row.mean("val_loss"), base.mean("val_loss")
-        if loss is not None and loss_base:
-            row.val_loss_change_pct = 100 * (loss / loss_base - 1)
-    return rows
+def group_headers(keys: Sequence[str]) -> dict[str, str]:
+    """Each group key -> the settings on which it differs from the other groups ("" for a single group)."""
+    configs = {key: json.loads(key) for key in keys}
+    names = sorted(set().union(*configs.values()))
+    differing = [n for n in names if len({json.dumps(c.get(n, "unset")) for c in configs.values()}) > 1]
+    return {key: ", ".join(f"{n}={c.get(n, 'unset')}" for n in differing) for key, c in configs.items()}
 
 
-# ------------------------------------------------------------------------------------------------- the table
+@dataclass
+class Comparison:
+    """The runs of one comparison and what compare makes of them."""
 
-COLUMNS = (
-    "variant",
-    "rank",
-    "params",
-    "KV elements/token",
-    "KV reduction vs {baseline}",
-    "val loss ({metric})",
-    "change vs {baseline}",
-    "val acc",
-    "tokens/s",
-    "gap to entropy floor",
-    "n",
-)
+    metric: str  # "final" or "best": the validation loss (and accuracy) compared
+    runs: pd.DataFrame  # the runs compared: status ok, one a (group, variant, seed); `loss`, `acc` = the metric's
+    variants: pd.DataFrame  # one row a (group, attention, rank): mean_ci of QUANTITIES, twin, changes vs the twin
+    headers: dict[str, str]  # group key -> what sets it apart (group_headers), the group with most runs first
+    set_apart: pd.DataFrame  # run, reason: runs that repeat a (group, variant, seed)
+    failed: pd.DataFrame  # failed and diverged runs
+    skipped: int  # skipped jobs, only counted
 
 
-def _si(value: float | None) -> str:
-    if value is None:
-        return "–"
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f}{suffix}"
-    return f"{value:.0f}"
+def compare_runs(frame: pd.DataFrame, metric: str = "final") -> Comparison:
+    """Group, average over seeds and pair each variant with its twin (see the module docstring)."""
+    ok = frame[frame.status == "ok"]
+    repeats = ok.duplicated(["group", "attention", "rank", "seed"])
+    first = ok.groupby(["group", "attention", "rank", "seed"], dropna=False).run.transform("first")
+    set_apart = pd.DataFrame({"run": ok.run[repeats], "reason": "repeats " + first[repeats]})
+    runs = ok[~repeats].assign(loss=ok[f"val_loss_{metric}"], acc=ok[f"val_acc_{metric}"])
+    counts = runs.group.value_counts()
+    headers = group_headers(sorted(counts.index, key=lambda key: (-counts[key], key)))
+
+    by_variant = runs.groupby(VARIANT, dropna=False)
+    variants = mean_ci(by_variant[QUANTITIES]).join(
+        by_variant.agg(twin=("twin", "first"), seeds=("seed", list), runs=("run", list))
+    )
+    twins = runs[runs.twin.isna() & runs["rank"].isna()]  # a twin is a baseline (no twin of its own), without latent
+    paired = runs.merge(
+        twins[["group", "attention", "seed", "loss", "acc"]].rename(
+            columns={"attention": "twin", "loss": "twin_loss", "acc": "twin_acc"}
+        ),
+        on=["group", "twin", "seed"],
+        validate="many_to_one",
+    )
+    paired = paired.assign(
+        loss_change=paired.loss - paired.twin_loss,
+        loss_change_pct=100 * (paired.loss / paired.twin_loss - 1),
+        acc_change=paired.acc - paired.twin_acc,
+    )
+    variants = variants.join(mean_ci(paired.groupby(VARIANT, dropna=False)[CHANGES])).reset_index()
+    twin_kv = twins.groupby(["group", "attention"]).kv_elements.mean().rename_axis(["group", "twin"]).rename("twin_kv")
+    variants = variants.join(twin_kv, on=["group", "twin"])
+    variants["kv_change_pct"] = 100 * (variants.kv_elements_mean / variants.twin_kv - 1)
+    # Each baseline, then its variants, by name and rank (largest first).
+    order = variants.assign(
+        _group=variants.group.map({key: i for i, key in enumerate(headers)}),
+        _family=variants.twin.fillna(variants.attention),
+        _is_variant=variants.twin.notna(),
+    ).sort_values(["_group", "_family", "_is_variant", "attention", "rank"], ascending=[True] * 4 + [False])
+    return Comparison(
+        metric=metric,
+        runs=runs,
+        variants=variants.loc[order.index].reset_index(drop=True),
+        headers=headers,
+        set_apart=set_apart,
+        failed=frame[~frame.status.isin(["ok", "skipped"])],
+        skipped=int((frame.status == "skipped").sum()),
+    )
 
 
-def _mean_std(s: dict[str, Any], digits: int = 4) -> str:
-    if s["mean"] is None:
-        return "–"
-    text = f"{s['mean']:.{digits}f}"
-    return text + (f" ± {s['std']:.{digits}f}" if s["std"] is not None else "")
+def compare(sources: Sequence[str], metric: str = "final") -> Comparison:
+    """Load the runs of `sources` and compare them."""
+    return compare_runs(runs_frame(load_summaries(sources)), metric)
 
 
-def _fraction_of_d(rank: float) -> str:
+# ------------------------------------------------------------------------------------------------- the tables
+
+
+def fraction_of_d(rank: float) -> str:
     """0.5 -> d/2, 0.25 -> d/4, 1 -> d, 0.75 -> 0.75d: the latent dim as the paper writes it."""
     inverse = 1 / rank
     if abs(inverse - round(inverse)) < 1e-9:
@@ -347,253 +333,289 @@ def _fraction_of_d(rank: float) -> str:
     return f"{rank:g}d"
 
 
-def _rank(rank: float | None) -> str:
-    return "n/a" if rank is None else f"{rank:g} ({_fraction_of_d(rank)})"
+def label(attention: str, rank: float) -> str:
+    return attention + ("" if pd.isna(rank) else f" r={fraction_of_d(rank)}")
 
 
-def markdown_table(rows: list[Row], baseline: str = "mha", metric: str = "best") -> str:
-    several_models = len({r.model for r in rows}) > 1
-    header = [c.format(baseline=baseline.upper() if baseline == "mha" else baseline, metric=metric) for c in COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    for row in rows:
-        kv = row.mean("kv_elements_per_token")
-        change = (
-            "baseline"
-            if row.is_baseline
-            else (f"{row.val_loss_change_pct:+.2f}%" if row.val_loss_change_pct is not None else "–")
-        )
+def _si(value: float) -> str:
+    if pd.isna(value):
+        return "–"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{suffix}"
+    return f"{value:.0f}"
+
+
+def _plus_minus(mean: float, spread: float, digits: int = 4) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + ("" if pd.isna(spread) else f" ± {spread:.{digits}f}")
+
+
+def interval(row: pd.Series, name: str, digits: int = 4, unit: str = "") -> str:
+    """`+0.0300 [-0.0197, +0.0797]`: the mean of `name` and its 95% interval (the mean alone for n < 2)."""
+    mean, ci = row[f"{name}_mean"], row[f"{name}_ci"]
+    if pd.isna(mean):
+        return "–"
+    text = f"{mean:+.{digits}f}{unit}"
+    return text if pd.isna(ci) else text + f" [{mean - ci:+.{digits}f}{unit}, {mean + ci:+.{digits}f}{unit}]"
+
+
+def verdict(row: pd.Series, name: str) -> str:
+    """Whether the paired change `name` is below or above 0, as far as its 95% interval over seeds says."""
+    n = 0 if pd.isna(row[f"{name}_n"]) else int(row[f"{name}_n"])
+    mean, ci = row[f"{name}_mean"], row[f"{name}_ci"]
+    if n == 0:
+        return "no seed paired with the twin"
+    if n < 2:
+        return "n=1: no interval"
+    if mean - ci <= 0 <= mean + ci:
+        return f"not distinguishable at {n} seeds"
+    return "lower" if mean < 0 else "higher"
+
+
+def variant_table(comparison: Comparison, key: str) -> str:
+    """One row a variant of group `key`: size, cache, loss and accuracy (mean ± 95% CI), judge scores (± sd)."""
+    metric = comparison.metric
+    lines = [
+        f"| variant | rank | twin | n | params | KV bytes/token | KV vs twin | val loss ({metric}) | "
+        f"val acc ({metric}) | judge valid | judge consistent | tokens/s |",
+        "|" + "---|" * 12,
+    ]
+    for _, row in comparison.variants[comparison.variants.group == key].iterrows():
         cells = [
-            row.attention + (f" ({row.model})" if several_models else ""),
-            _rank(row.rank),
-            _si(row.mean("params")),
-            f"{kv:,.0f}" if kv is not None else "–",
-            f"{row.kv_reduction_pct:.1f}%" if row.kv_reduction_pct is not None else "–",
-            _mean_std(row.stats["val_loss"]),
-            change,
-            _mean_std(row.stats["val_acc"]),
-            _si(row.mean("tokens_per_s")),
-            _mean_std(row.stats["gap_to_floor"]),
-            str(len(row.runs)),
+            row.attention,
+            "n/a" if pd.isna(row["rank"]) else f"{row['rank']:g} ({fraction_of_d(row['rank'])})",
+            "baseline" if pd.isna(row.twin) else row.twin,
+            f"{row.loss_n:.0f}",
+            _si(row.params_mean),
+            "–" if pd.isna(row.kv_bytes_mean) else f"{row.kv_bytes_mean:,.0f}",
+            "–" if pd.isna(row.kv_change_pct) else f"{row.kv_change_pct:+.1f}%",
+            _plus_minus(row.loss_mean, row.loss_ci),
+            _plus_minus(row.acc_mean, row.acc_ci),
+            _plus_minus(row.judge_valid_mean, row.judge_valid_sd, 3),
+            _plus_minus(row.judge_consistent_mean, row.judge_consistent_sd, 3),
+            _si(row.tokens_per_s_mean),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def table_json(rows: list[Row], baseline: str, metric: str, sources: Sequence[str]) -> dict[str, Any]:
+def paired_table(comparison: Comparison, key: str) -> str:
+    """One row a variant of group `key` that has a twin: its changes against the twin, paired by seed."""
+    lines = [
+        "| variant | vs twin | paired seeds | Δ val loss [95% CI] | Δ val loss, % [95% CI] | loss verdict | "
+        "Δ val acc [95% CI] | acc verdict |",
+        "|" + "---|" * 8,
+    ]
+    rows = comparison.variants[(comparison.variants.group == key) & comparison.variants.twin.notna()]
+    for _, row in rows.iterrows():
+        cells = [
+            label(row.attention, row["rank"]),
+            row.twin,
+            "0" if pd.isna(row.loss_change_n) else f"{row.loss_change_n:.0f}",
+            interval(row, "loss_change"),
+            interval(row, "loss_change_pct", 2, "%"),
+            verdict(row, "loss_change"),
+            interval(row, "acc_change"),
+            verdict(row, "acc_change"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" if len(rows) else ""
+
+
+def group_title(comparison: Comparison, key: str) -> str:
+    runs = comparison.runs[comparison.runs.group == key]
+    if len(comparison.headers) == 1:
+        return f"All {len(runs)} runs (one comparable group)"
+    return f"Group {list(comparison.headers).index(key) + 1}: {comparison.headers[key]} ({len(runs)} runs)"
+
+
+def markdown(comparison: Comparison, level: int = 2) -> str:
+    """compare.md: each comparable group's tables, then the runs set apart, failed or skipped."""
+    heading = "#" * level
+    parts = []
+    for key in comparison.headers:
+        floor = comparison.runs.entropy_floor[comparison.runs.group == key].mean()
+        parts += [
+            f"{heading} {group_title(comparison, key)}\n",
+            "Validation loss and accuracy: mean ± 95% t-interval over seeds; judge scores: mean ± sd."
+            + ("" if pd.isna(floor) else f" Entropy floor of the validation data: {floor:.4f} nats/token.")
+            + "\n",
+            variant_table(comparison, key),
+            paired_table(comparison, key),
+        ]
+    if len(comparison.set_apart):
+        parts.append(f"{heading} Set apart\n\nA second run of one config, variant and seed; the first is compared.\n")
+        parts.append("".join(f"- {r.run}: {r.reason}\n" for r in comparison.set_apart.itertuples()))
+    if len(comparison.failed):
+        parts += [f"{heading} Failed or diverged runs\n", "| run | variant | seed | status | error |", "|" + "---|" * 5]
+        parts += [
+            f"| {r.run} | {label(r.attention, r.rank)} | {'?' if pd.isna(r.seed) else f'{r.seed:.0f}'} | {r.status} "
+            f"| {'' if pd.isna(r.error) else str(r.error).splitlines()[0].replace('|', '/')} |"
+            for r in comparison.failed.itertuples()
+        ]
+        parts.append("")
+    if comparison.skipped:
+        parts.append(f"{comparison.skipped} skipped job(s) (duplicates in a sweep, never trained) left out.\n")
+    return "\n".join(parts)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return json.loads(frame.to_json(orient="records"))  # NaN -> null, numpy -> plain numbers
+
+
+def to_json(comparison: Comparison) -> dict[str, Any]:
+    variants = comparison.variants
     return {
-        "metric": f"val_loss_{metric}",
-        "baseline": baseline,
-        "sources": list(sources),
-        "rows": [
+        "metric": f"val_loss_{comparison.metric}",
+        "groups": [
             {
-                "model": row.model,
-                "attention": row.attention,
-                "rank": row.rank,
-                "n": len(row.runs),
-                "seeds": [r.seed for r in row.runs],
-                "runs": [r.source for r in row.runs],
-                "is_baseline": row.is_baseline,
-                "kv_reduction_vs_baseline_pct": row.kv_reduction_pct,
-                "val_loss_change_vs_baseline_pct": row.val_loss_change_pct,
-                **row.stats,
+                "config": json.loads(key),
+                "differs_by": header,
+                "variants": _records(variants[variants.group == key].drop(columns="group")),
             }
-            for row in rows
+            for key, header in comparison.headers.items()
         ],
+        "set_apart": _records(comparison.set_apart),
+        "failed": _records(comparison.failed.drop(columns=["val_history", "group"])),
+        "skipped": comparison.skipped,
     }
 
 
 # ------------------------------------------------------------------------------------------------- the plots
 
 
-def _label(row: Row) -> str:
-    return row.attention + (f" r={_fraction_of_d(row.rank)}" if row.rank is not None else "")
-
-
-def _mean_curve(row: Row) -> tuple[list[int], list[float], list[float]]:
-    """Steps, mean and std (0 where one seed) of val/loss over the seeds that logged each step."""
-    by_step: dict[int, list[float]] = {}
-    for run in row.runs:
-        for step, value in run.curve:
-            by_step.setdefault(step, []).append(value)
-    steps = sorted(by_step)
-    means = [statistics.fmean(by_step[s]) for s in steps]
-    stds = [statistics.stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
-    return steps, means, stds
-
-
-def _styles(rows: list[Row]) -> dict[int, dict[str, Any]]:
-    """One colour an attention variant, one line style a rank (solid: the largest rank, or n/a)."""
+def _styles(attentions: Sequence[str], ranks: Sequence[float]) -> tuple[dict[str, Any], dict[float, str]]:
+    """One colour an attention, one line style a rank (solid: the largest rank, or n/a)."""
     from matplotlib import colormaps
 
     palette = colormaps["tab10"].colors
-    colours = {a: palette[i % len(palette)] for i, a in enumerate(dict.fromkeys(r.attention for r in rows))}
-    ranks = sorted({r.rank for r in rows if r.rank is not None}, reverse=True)
+    colours = {a: palette[i % len(palette)] for i, a in enumerate(sorted(set(attentions)))}
     dashes = ["-", "--", ":", "-."]
-    return {
-        id(r): {
-            "color": colours[r.attention],
-            "linestyle": "-" if r.rank is None else dashes[ranks.index(r.rank) % len(dashes)],
-        }
-        for r in rows
-    }
+    known = sorted({r for r in ranks if not pd.isna(r)}, reverse=True)
+    return colours, {r: dashes[i % len(dashes)] for i, r in enumerate(known)}
 
 
-def plot_curves(rows: list[Row], path: Path) -> None:
-    """Validation loss against step: the whole run (left) and its second half, zoomed (right)."""
+def _history(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row a (run, validation) of the runs' val_history. A loss equal to the run's previous one is dropped: it
+    is train.py's validation after fit, of the weights that the last validation in fit saw, a step later."""
+    history = runs[[*VARIANT, "run", "val_history"]].explode("val_history", ignore_index=True)
+    history = history.dropna(subset=["val_history"])
+    points = pd.DataFrame(history.val_history.tolist(), index=history.index, columns=["step", "val_loss"])
+    history = history.drop(columns="val_history").join(points)
+    return history[history.val_loss.ne(history.groupby("run").val_loss.shift())]
+
+
+def plot_curves(comparison: Comparison, path: Path):
+    """Validation loss against step per group (a row): the whole run and its second half, mean ± 95% CI."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
-    full, zoom = fig.subplots(1, 2)
-    styles = _styles(rows)
-    last = max((s for r in rows for run in r.runs for s, _ in run.curve), default=0)
-    zoom_values, zoom_steps = [], []
-    for row in rows:
-        steps, means, stds = _mean_curve(row)
-        if not steps:
-            continue
-        label = _label(row) + (f" ({row.model})" if len({r.model for r in rows}) > 1 else "") + f", n={len(row.runs)}"
+    history = _history(comparison.runs)
+    curves = mean_ci(history.groupby([*VARIANT, "step"], dropna=False)[["val_loss"]]).reset_index()
+    colours, dashes = _styles(curves.attention, curves["rank"])
+    fig = Figure(figsize=(12, 4.5 * len(comparison.headers)), layout="constrained")
+    panels = fig.subplots(len(comparison.headers), 2, squeeze=False)
+    for (full, zoom), key in zip(panels, comparison.headers, strict=True):
+        group = curves[curves.group == key]
+        for (attention, rank), curve in group.groupby(["attention", "rank"], dropna=False):
+            style = {"color": colours[attention], "linestyle": dashes.get(rank, "-")}
+            for ax, part in ((full, curve), (zoom, curve[curve.step >= group.step.max() / 2])):
+                ax.plot(part.step, part.val_loss_mean, marker="o", markersize=3, label=label(attention, rank), **style)
+                low, high = part.val_loss_mean - part.val_loss_ci, part.val_loss_mean + part.val_loss_ci
+                ax.fill_between(part.step, low, high, color=style["color"], alpha=0.15, linewidth=0)
+        floor = comparison.runs.entropy_floor[comparison.runs.group == key].mean()
+        if not pd.isna(floor):
+            full.axhline(floor, color="grey", linestyle=":", linewidth=1, label=f"entropy floor {floor:.3f}")
+        full.set_title(f"{group_title(comparison, key)}: mean ± 95% CI over seeds", fontsize=9)
+        zoom.set_title("second half of training", fontsize=9)
         for ax in (full, zoom):
-            ax.plot(steps, means, marker="o", markersize=3, label=label, **styles[id(row)])
-            if any(stds):
-                low = [m - s for m, s in zip(means, stds, strict=True)]
-                high = [m + s for m, s in zip(means, stds, strict=True)]
-                ax.fill_between(steps, low, high, color=styles[id(row)]["color"], alpha=0.15, linewidth=0)
-        late = [(st, m, s) for st, m, s in zip(steps, means, stds, strict=True) if st >= last / 2]
-        zoom_values += [m - s for _, m, s in late] + [m + s for _, m, s in late]
-        zoom_steps += [st for st, _, _ in late]
-    floors = [row.mean("entropy_floor") for row in rows if row.mean("entropy_floor") is not None]
-    if floors:
-        floor = statistics.fmean(floors)
-        full.axhline(floor, color="grey", linestyle=":", linewidth=1, label=f"entropy floor {floor:.3f}")
-    if zoom_values:
-        low, high = min(zoom_values), max(zoom_values)
-        pad = 0.08 * (high - low or abs(high) * 0.01 or 0.01)
-        first = min(zoom_steps)
-        zoom.set_xlim(first - 0.04 * (last - first or 1), last + 0.04 * (last - first or 1))
-        zoom.set_ylim(low - pad, high + pad)
-    full.set_title("Validation loss (mean ± std over seeds)")
-    zoom.set_title("Second half of training, zoomed")
-    for ax in (full, zoom):
-        ax.set_xlabel("step")
-        ax.set_ylabel("val loss (nats/token)")
-        ax.grid(alpha=0.3)
-    full.legend(fontsize=8)
+            ax.set(xlabel="step", ylabel="val loss (nats/token)")
+            ax.grid(alpha=0.3)
+        full.legend(fontsize=8)
     fig.savefig(path, dpi=120)
+    return fig
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both (smaller x and smaller y), by increasing x."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
-    front, best = [], math.inf
-    for i in order:
-        if points[i][1] < best:
-            front.append(i)
-            best = points[i][1]
-    return front
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The points no other point beats on both x and y (smaller is better), by increasing x."""
+    ordered = points.sort_values([x, y])
+    return ordered[ordered[y] < ordered[y].cummin().shift(fill_value=np.inf)]
 
 
-def plot_pareto(rows: list[Row], path: Path, metric: str = "best") -> None:
-    """Validation loss against KV-cache bytes per token (bf16, all layers), with the Pareto front."""
+def plot_pareto(comparison: Comparison, path: Path):
+    """Validation loss against KV-cache bytes per token per group (a panel): mean, 95% CI bars, Pareto front."""
     from matplotlib.figure import Figure
 
-    usable = [r for r in rows if r.mean("kv_bytes_per_token") is not None and r.mean("val_loss") is not None]
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.subplots()
-    styles = _styles(rows)
-    several_models = len({r.model for r in rows}) > 1
-    points = [(r.mean("kv_bytes_per_token") / 1024, r.mean("val_loss")) for r in usable]
-    front = pareto_front(points)
-    if len(front) > 1:
-        xs, ys = zip(*(points[i] for i in front), strict=True)
-        ax.plot(xs, ys, color="black", linewidth=1, alpha=0.5, zorder=1, label="Pareto front")
-    for i, row in enumerate(usable):
-        x, y = points[i]
-        std = row.stats["val_loss"]["std"]
-        on_front = i in front
-        ax.errorbar(
-            x,
-            y,
-            yerr=std if std is not None else None,
-            fmt="o" if row.rank is None or row.rank == max(r.rank or 0 for r in usable) else "s",
-            color=styles[id(row)]["color"],
-            markersize=9 if on_front else 6,
-            markeredgecolor="black" if on_front else "none",
-            capsize=3,
-            zorder=2,
-        )
-        reduction = f", -{row.kv_reduction_pct:.0f}% KV" if row.kv_reduction_pct else ""
-        text = _label(row) + (f" ({row.model})" if several_models else "") + reduction
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, 5), fontsize=8)
-    ax.set_xlabel("KV cache per token (KiB, bf16, all layers)")
-    ax.set_ylabel(f"val loss, {metric} (nats/token)")
-    ax.set_title("Validation loss vs KV-cache size (mean ± std over seeds)")
-    ax.set_xlim(left=0, right=max((p[0] for p in points), default=1) * 1.25)
-    ax.grid(alpha=0.3)
-    if len(front) > 1:
+    variants = comparison.variants.dropna(subset=["kv_bytes_mean", "loss_mean"])
+    colours, _ = _styles(variants.attention, variants["rank"])
+    fig = Figure(figsize=(7.5 * len(comparison.headers), 5), layout="constrained")
+    for ax, key in zip(fig.subplots(1, len(comparison.headers), squeeze=False)[0], comparison.headers, strict=True):
+        group = variants[variants.group == key].assign(kib=lambda v: v.kv_bytes_mean / 1024)
+        front = pareto_front(group, "kib", "loss_mean")
+        ax.plot(front.kib, front.loss_mean, color="black", linewidth=1, alpha=0.5, label="Pareto front")
+        for _, row in group.iterrows():
+            ax.errorbar(row.kib, row.loss_mean, yerr=np.nan_to_num(row.loss_ci), fmt="o", capsize=3,
+                        color=colours[row.attention], markeredgecolor="black" if row.name in front.index else "none")
+            ax.annotate(f"{label(row.attention, row['rank'])}, n={row.loss_n:.0f}", (row.kib, row.loss_mean),
+                        textcoords="offset points", xytext=(7, 5), fontsize=8)
+        ax.set(xlabel="KV cache per token (KiB, bf16, all layers)", ylabel=f"val loss {comparison.metric} (nats/token)")
+        ax.set_title(f"{group_title(comparison, key)}: mean ± 95% CI over seeds", fontsize=9)
+        ax.set_xlim(left=0, right=max(group.kib.max(), 1) * 1.25)
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper right")
     fig.savefig(path, dpi=120)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
 
 
-def compare(
-    sources: Sequence[str], out: Path | None = None, baseline: str = "mha", metric: str = "best", plots: bool = True
-) -> tuple[list[Row], Path]:
-    """Load, aggregate and write the table (markdown + JSON) and the plots; returns the rows and the out dir."""
-    runs, dropped = dedupe(load_runs(sources, metric))
-    if not runs:
-        raise CompareError(f"no run found in {', '.join(sources)}")
-    for run, kept in dropped:
-        print(
-            f"note: {run.source} repeats {run.attention} seed {run.seed} (rank n/a for {run.attention}); "
-            f"kept {kept.source}",
-            file=sys.stderr,
-        )
-    budgets = {r.tokens for r in runs if r.tokens is not None}
-    if len(budgets) > 1:
-        print(f"warning: the runs trained on different token budgets: {sorted(budgets)}", file=sys.stderr)
-    rows = aggregate(runs, baseline)
-    if out is None:
-        first = sources[0]
-        out = Path(first) if not first.startswith("wandb:") else Path("logs") / "compare" / first.rsplit("/", 1)[-1]
+def write(comparison: Comparison, out: Path, plots: bool = True) -> list[Path]:
+    """compare.md, compare.json and (with `plots`, when a run finished) the two plots, in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / TABLE_MD).write_text(markdown_table(rows, baseline, metric))
-    (out / TABLE_JSON).write_text(json.dumps(table_json(rows, baseline, metric, sources), indent=2))
-    if plots:
-        plot_curves(rows, out / CURVES_PNG)
-        plot_pareto(rows, out / PARETO_PNG, metric)
-    return rows, out
+    (out / TABLE_MD).write_text(markdown(comparison))
+    (out / TABLE_JSON).write_text(json.dumps(to_json(comparison), indent=2) + "\n")
+    written = [out / TABLE_MD, out / TABLE_JSON]
+    if plots and len(comparison.runs):
+        plot_curves(comparison, out / CURVES_PNG)
+        plot_pareto(comparison, out / PARETO_PNG)
+        written += [out / CURVES_PNG, out / PARETO_PNG]
+    return written
+
+
+def default_out(source: str) -> Path:
+    """Where the outputs go by default: the first input dir (a file's dir), logs/compare/<group> for W&B."""
+    if source.startswith("wandb:"):
+        return Path("logs") / "compare" / source.rsplit("/", 1)[-1]
+    return Path(source) if Path(source).is_dir() else Path(source).parent
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m latentlm.compare",
-        description="Aggregate runs over seeds and compare attention variants: a markdown table and plots.",
+        description="Compare attention variants with their twins over seeds, in comparable groups: tables and plots.",
     )
     parser.add_argument(
-        "sources",
-        nargs="+",
-        help="run dirs or dirs holding them (a multirun dir), or wandb:entity/project/group",
+        "sources", nargs="+", help="run dirs, dirs holding them, summary JSONs, or wandb:entity/project/group"
     )
-    parser.add_argument("--out", type=Path, default=None, help="where the table and plots go (default: first input)")
-    parser.add_argument("--baseline", default="mha", help="the attention the others are compared with (default: mha)")
+    parser.add_argument("--out", type=Path, default=None, help="where the tables and plots go (default: first input)")
     parser.add_argument(
         "--metric",
-        choices=("best", "final"),
-        default="best",
-        help="which validation loss: the best of the run (default) or the final one",
+        choices=METRICS,
+        default="final",
+        help="val_loss_final (default: the whole validation split at the end of the budget) or val_loss_best "
+        "(the minimum over the run's validations)",
     )
-    parser.add_argument("--no-plots", action="store_true", help="write the table only")
+    parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     args = parser.parse_args(argv)
     try:
-        rows, out = compare(args.sources, args.out, args.baseline, args.metric, plots=not args.no_plots)
+        comparison = compare(args.sources, args.metric)
+        written = write(comparison, args.out or default_out(args.sources[0]), plots=not args.no_plots)
     except CompareError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(markdown_table(rows, args.baseline, args.metric), end="")
-    written = [TABLE_MD, TABLE_JSON] + ([] if args.no_plots else [CURVES_PNG, PARETO_PNG])
-    print(f"wrote {', '.join(str(out / name) for name in written)}", file=sys.stderr)
+        fail(err)
+    print(markdown(comparison), end="")
+    print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

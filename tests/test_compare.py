@@ -1,166 +1,417 @@
-"""The compare tool (latentlm.compare), the sweep experiments and what W&B keeps of an offline run."""
+"""The compare tool and the report (latentlm.compare, latentlm.report), the sweep experiments and what W&B keeps
+of an offline run.
 
+The expected numbers of the synthetic runs are worked out by hand in the comments; t(0.975, 2) = 4.302653 and
+t(0.975, 1) = 12.706205 are read from a t-table.
+"""
+
+import copy
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import REPO, read_metrics, run_train, series
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from matplotlib.image import imread
-from omegaconf import OmegaConf
 
-from latentlm import compare
+from latentlm import compare, report
 from latentlm.config import CONFIG_DIR, group_choices, register_resolvers
 
 register_resolvers()
 PLOTS = (compare.CURVES_PNG, compare.PARETO_PNG)
 
+# ------------------------------------------------------------------------------------- synthetic summaries
 
-def exact(value):
-    """Equal up to float rounding (the aggregates are computed in another order than the expected value)."""
-    return pytest.approx(value, rel=1e-12, abs=1e-12)
+ATTENTION = {  # configs/attention/*.yaml, as the resolved config holds them (the twin as the issue names it)
+    "mha_rope": {"name": "mha_rope", "type": "gqa", "n_kv_heads": None, "rope": True, "twin": None},
+    "gqa": {"name": "gqa", "type": "gqa", "n_kv_heads": 2, "rope": True, "twin": "mha_rope"},
+    "mla_rope": {"name": "mla_rope", "type": "latent", "rank": 0.5, "rope_dim": None, "twin": "mha_rope"},
+}
+CONFIG = {  # a resolved config (train.yaml's keys, fewer settings in each group)
+    "model": {"_target_": "latentlm.model.GPT", "d_model": 128, "n_layer": 4, "n_head": 4, "block_size": 128},
+    "data": {"source": "synthetic", "num_stories": 1000, "val_stories": 100, "batch_size": 8, "seq_len": 128,
+             "cache_dir": "/root/data", "num_workers": 0},
+    "tokenizer": {"kind": "bpe", "vocab_size": 384},
+    "optimizer": {"lr": 0.001},
+    "scheduler": {"warmup_steps": 10},
+    "trainer": {"max_steps": 100, "precision": "auto", "log_every_n_steps": 10, "default_root_dir": "/root/logs"},
+    "logger": {"csv": {"save_dir": "/root/logs"}},
+    "paths": {"root_dir": "/root"},
+    "label_smoothing": 0.1,
+    "compile": "auto",
+    "task_name": "paper_mla",
+}
 
 
-# ------------------------------------------------------------------------------------- synthetic run dirs
-
-
-def write_run(
-    run_dir: Path,
-    attention: str,
-    rank: float,
-    seed: int,
-    best: float,
-    acc: float,
-    kv: int,
-    curve: list[tuple[int, float]],
-    floor: float = 1.0,
-    tokens_per_s: float = 1000.0,
-    params: int = 1_000_000,
-    config: bool = True,
-) -> None:
-    """A finished run as train.py leaves it: summary.json, csv/metrics.csv and (optionally) config.yaml."""
-    (run_dir / "csv").mkdir(parents=True)
-    final = curve[-1][1]
-    summary = {
+def summary(attention, seed, loss, acc=0.5, *, rank=None, kv=1024, judge=None, sweep="s1", changes=None, **fields):
+    """A run's summary.json in train.py's schema; `changes` sets dotted config keys ({"model.d_model": 32})."""
+    config = copy.deepcopy(CONFIG) | {"seed": seed, "rank": rank, "sweep_id": sweep}
+    config["attention"] = config["model"]["attention"] = dict(ATTENTION[attention], rank=rank)
+    config["paths"]["output_dir"] = f"/root/logs/{sweep}/{attention}_s{seed}"  # differs for every run
+    for key, value in (changes or {}).items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return {
+        "status": "ok",
+        "error": None,
+        "experiment": "paper_mla",
+        "sweep_id": sweep,
         "attention": attention,
+        "twin": ATTENTION[attention]["twin"],
         "rank": rank,
-        "model": "30m",
+        "model": "tiny",
         "seed": seed,
-        "params": params,
-        "kv_cache": {"elements_per_token": kv, "bytes_per_token_bf16": 2 * kv},
-        "val_loss_best": best,
-        "val_loss_final": final,
+        "params": 1_000_000,
+        "params_non_embedding": 900_000,
+        "kv_cache": {"elements_per_token_per_layer": [kv // 4] * 4, "elements_per_token": kv,
+                     "bytes_per_token_bf16": 2 * kv},
+        "val_loss_best": None if loss is None else loss - 0.1,  # --metric best: every loss 0.1 lower
+        "val_loss_final": loss,
+        "val_acc_best": None if acc is None else acc + 0.1,
         "val_acc_final": acc,
-        "tokens_per_s": tokens_per_s,
-        "entropy_floor": floor,
-        "gap_to_floor": final - floor,
-        "tokens": 1000,
+        "val_ppl_final": None,
+        "val_history": [] if loss is None else [{"step": 50, "val_loss": loss + 1, "val_acc": acc - 0.1},
+                                                 {"step": 100, "val_loss": loss, "val_acc": acc}],
+        "entropy_floor": 1.5,
+        "gap_to_floor": None if loss is None else loss - 1.5,
+        "judge": judge,
+        "tokens_per_s": 1000.0,
+        "steps": 100,
+        "tokens": 102_400,
+        "wall_time_s": 60.0,
+        "precision": "32-true",
+        "device": "cpu",
+        "git_commit": "0123456789abcdef",
+        "config": config,
+        **fields,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-    rows = ["epoch,lr-AdamW/pg1,step,train/loss,val/acc,val/loss"]
-    for step, loss in curve:
-        rows += [f"0,0.001,{step - 1},{loss + 0.5},,", f"0,,{step},,{acc},{loss}"]
-    rows.append(f"1,,{curve[-1][0]},,{acc},{final}")  # the final validation repeats the last step
-    (run_dir / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
-    if config:
-        kind = "latent" if attention.startswith("ml") else "gqa"
-        OmegaConf.save(
-            {"seed": seed, "rank": rank, "attention": {"name": attention, "type": kind}}, run_dir / "config.yaml"
-        )
+
+
+def judge(valid, consistent):
+    return {"n": 4, "valid_share": valid, "valid_prefix_share": valid, "consistent_share": consistent,
+            "mean_words": 100.0, "rule_failures": {}}
+
+
+# The twin pair of the tests, all in one comparable group:
+#   mha_rope (the baseline), seeds 0-2: loss 2.00, 2.10, 2.20   acc 0.50, 0.52, 0.54   KV 1024 elements
+#   mla_rope r=0.5, seeds 0-2:          loss 2.03, 2.11, 2.25   acc 0.50, 0.53, 0.53   KV 288
+#   gqa, seeds 0-3 (3 has no twin run): loss 2.10, 2.21, 2.32, 2.50   acc 0.47, 0.48, 0.49, 0.40   KV 256
+RUNS = [
+    summary("mha_rope", 0, 2.00, 0.50, judge=judge(0.5, 0.8)),
+    summary("mha_rope", 1, 2.10, 0.52, judge=judge(0.6, 0.8)),
+    summary("mha_rope", 2, 2.20, 0.54, judge=judge(0.7, 0.8)),
+    summary("mla_rope", 0, 2.03, 0.50, rank=0.5, kv=288),
+    summary("mla_rope", 1, 2.11, 0.53, rank=0.5, kv=288),
+    summary("mla_rope", 2, 2.25, 0.53, rank=0.5, kv=288),
+    summary("gqa", 0, 2.10, 0.47, kv=256),
+    summary("gqa", 1, 2.21, 0.48, kv=256),
+    summary("gqa", 2, 2.32, 0.49, kv=256),
+    summary("gqa", 3, 2.50, 0.40, kv=256),
+]
+
+
+def write_runs(root: Path, summaries) -> Path:
+    """Run dirs as train.py leaves them: <root>/<attention>_r<rank>_s<seed>/summary.json."""
+    for s in summaries:
+        run_dir = root / s["sweep_id"] / f"{s['attention']}_r{s['rank']}_s{s['seed']}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps(s))
+    return root
+
+
+def variant(comparison, attention, rank=None, **config):
+    """The row of `attention` (at `rank`) in the group whose key holds `config` (dotted keys)."""
+    rows = comparison.variants[comparison.variants.attention == attention]
+    rows = rows[rows["rank"].isna() if rank is None else rows["rank"] == rank]
+    rows = rows[[all(json.loads(g).get(k) == v for k, v in config.items()) for g in rows.group]]
+    (row,) = [r for _, r in rows.iterrows()]
+    return row
 
 
 @pytest.fixture
-def synthetic_sweep(tmp_path) -> Path:
-    """MHA x 3 seeds (one repeated at a second rank, as a cartesian sweep makes it), MLA+RoPE r=d/2 x 2, r=d/4 x 1."""
-    sweep = tmp_path / "sweep"
-    for seed, best, acc in ((0, 2.0, 0.5), (1, 2.2, 0.6), (2, 2.4, 0.7)):
-        curve = [(10, 4.0 + seed), (20, best)]
-        write_run(sweep / f"mha_r0.5_s{seed}", "mha", 0.5, seed, best, acc, 8192, curve, config=seed != 2)
-    repeat = sweep / "second_sweep" / "mha_r0.25_s0"  # found after mha_r0.5_s0, so the one dropped
-    write_run(repeat, "mha", 0.25, 0, 9.9, 0.1, 8192, [(10, 9.9), (20, 9.9)])
-    for seed, best in ((0, 2.31), (1, 2.33)):
-        write_run(sweep / f"mla_rope_r0.5_s{seed}", "mla_rope", 0.5, seed, best, 0.55, 2304, [(10, 5.0), (20, best)])
-    write_run(sweep / "nested" / "mla_rope_r0.25_s0", "mla_rope", 0.25, 0, 2.5, 0.4, 1280, [(10, 6.0), (20, 2.5)])
-    return sweep
+def sweep(tmp_path) -> Path:
+    return write_runs(tmp_path / "sweep", RUNS)
 
 
-def test_aggregates_seeds_and_compares_with_mha(synthetic_sweep, tmp_path):
-    out = tmp_path / "out"
-    rows, written_to = compare.compare([str(synthetic_sweep)], out)
-    assert written_to == out
-    mha, half, quarter = rows
-    assert (mha.attention, mha.rank, half.attention, half.rank, quarter.rank) == ("mha", None, "mla_rope", 0.5, 0.25)
-    # MHA: 3 seeds (the repeat at rank 0.25 is dropped: rank is n/a for MHA), sample std (n - 1)
-    assert [r.seed for r in mha.runs] == [0, 1, 2]
-    assert mha.stats["val_loss"] == {"mean": exact(2.2), "std": exact(0.2), "n": 3}
-    assert mha.stats["val_acc"] == {"mean": exact(0.6), "std": exact(0.1), "n": 3}
-    assert mha.stats["gap_to_floor"]["mean"] == exact(1.2)
-    assert mha.is_baseline and mha.kv_reduction_pct == 0 and mha.val_loss_change_pct == 0
-    assert half.stats["val_loss"] == {"mean": exact(2.32), "std": exact(math.sqrt(2e-4)), "n": 2}
-    assert half.kv_reduction_pct == exact(100 * (1 - 2304 / 8192)) == exact(71.875)
-    assert half.val_loss_change_pct == exact(100 * (2.32 / 2.2 - 1))
-    assert quarter.stats["val_loss"] == {"mean": exact(2.5), "std": None, "n": 1}
-    assert quarter.kv_reduction_pct == exact(84.375)
-    assert half.stats["kv_bytes_per_token"]["mean"] == 4608
+# ------------------------------------------------------------------------------------------ the statistics
 
-    table = (out / "compare.md").read_text()
-    lines = table.splitlines()
-    assert lines[0].startswith(
-        "| variant | rank | params | KV elements/token | KV reduction vs MHA | val loss (best) |"
+
+def test_seeds_averaged_with_a_t_interval(sweep):
+    comparison = compare.compare([str(sweep)])
+    mha = variant(comparison, "mha_rope")
+    # losses 2.0, 2.1, 2.2: mean 2.1, sd 0.1, half-width 4.302653 x 0.1 / sqrt(3) = 0.248414
+    assert (mha.loss_mean, mha.loss_sd, mha.loss_n) == (pytest.approx(2.1), pytest.approx(0.1), 3)
+    assert mha.loss_ci == pytest.approx(0.248414, abs=1e-6)
+    assert mha.judge_valid_mean == pytest.approx(0.6) and mha.judge_valid_sd == pytest.approx(0.1)
+    gqa = variant(comparison, "gqa")
+    assert gqa.loss_n == 4 and gqa.loss_mean == pytest.approx(9.13 / 4)  # its own mean keeps the unpaired seed 3
+    assert pd.isna(variant(comparison, "mla_rope", 0.5).judge_valid_mean)  # no judge in its summaries
+    # KV against the twin: 288 / 1024 - 1 = -71.875%, 256 / 1024 - 1 = -75%
+    assert variant(comparison, "mla_rope", 0.5).kv_change_pct == pytest.approx(-71.875)
+    assert variant(comparison, "gqa").kv_change_pct == pytest.approx(-75.0)
+
+
+def test_differences_are_paired_by_seed_with_the_twin(sweep):
+    comparison = compare.compare([str(sweep)])
+    mla = variant(comparison, "mla_rope", 0.5)
+    # mla_rope - mha_rope per seed: 0.03, 0.01, 0.05: mean 0.03, sd 0.02, half-width 4.302653 x 0.02 / sqrt(3)
+    # = 0.049683: [-0.0197, +0.0797] holds 0
+    assert (mla.loss_change_mean, mla.loss_change_sd, mla.loss_change_n) == (
+        pytest.approx(0.03),
+        pytest.approx(0.02),
+        3,
     )
-    assert lines[2] == (
-        "| mha | n/a | 1.00M | 8,192 | 0.0% | 2.2000 ± 0.2000 | baseline | 0.6000 ± 0.1000 | 1.00k "
-        "| 1.2000 ± 0.2000 | 3 |"
-    )
-    assert lines[3].startswith("| mla_rope | 0.5 (d/2) | 1.00M | 2,304 | 71.9% | 2.3200 ± 0.0141 | +5.45% |")
-    assert lines[4].startswith("| mla_rope | 0.25 (d/4) | 1.00M | 1,280 | 84.4% | 2.5000 | +13.64% |")
-    data = json.loads((out / "compare.json").read_text())
-    assert data["metric"] == "val_loss_best" and [r["n"] for r in data["rows"]] == [3, 2, 1]
-    assert data["rows"][1]["val_loss_change_vs_baseline_pct"] == exact(100 * (2.32 / 2.2 - 1))
-    for name in PLOTS:
-        image = imread(out / name)
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.shape[0] > 400 and image.shape[1] > 600
+    assert mla.loss_change_ci == pytest.approx(0.049683, abs=1e-6)
+    assert compare.verdict(mla, "loss_change") == "not distinguishable at 3 seeds"
+    # in percent of the twin: 1.5, 0.476190, 2.272727 -> mean 1.416306
+    assert mla.loss_change_pct_mean == pytest.approx(1.416306, abs=1e-6)
+    # accuracy: 0, +0.01, -0.01: mean 0, sd 0.01
+    assert mla.acc_change_mean == pytest.approx(0, abs=1e-12) and mla.acc_change_sd == pytest.approx(0.01)
+    gqa = variant(comparison, "gqa")
+    # gqa seed 3 has no mha_rope run: 3 pairs, 0.10, 0.11, 0.12: mean 0.11, sd 0.01, half-width 0.024841
+    assert (gqa.loss_change_n, gqa.loss_change_mean) == (3, pytest.approx(0.11))
+    assert gqa.loss_change_ci == pytest.approx(0.024841, abs=1e-6)
+    assert compare.verdict(gqa, "loss_change") == "higher"  # [0.0852, 0.1348]
+    # accuracy -0.03, -0.04, -0.05: mean -0.04, half-width 0.024841: [-0.0648, -0.0152]
+    assert gqa.acc_change_mean == pytest.approx(-0.04) and compare.verdict(gqa, "acc_change") == "lower"
 
 
-def test_final_metric_and_curves(synthetic_sweep, tmp_path):
-    rows, _ = compare.compare([str(synthetic_sweep)], tmp_path / "out", metric="final", plots=False)
-    assert rows[0].stats["val_loss"]["mean"] == pytest.approx(2.2)  # the curves end at the best value here
-    assert rows[0].runs[0].curve == [(10, 4.0), (20, 2.0)]  # val/loss rows only, the repeated last step once
-    steps, means, stds = compare._mean_curve(rows[0])
-    assert steps == [10, 20] and means == pytest.approx([5.0, 2.2]) and stds == pytest.approx([1.0, 0.2])
-    assert not (tmp_path / "out" / compare.CURVES_PNG).exists()
+def test_best_metric_is_selectable(sweep):
+    comparison = compare.compare([str(sweep)], metric="best")
+    mha = variant(comparison, "mha_rope")
+    assert mha.loss_mean == pytest.approx(2.0) and mha.acc_mean == pytest.approx(0.62)  # 0.1 lower, 0.1 higher
+
+
+def test_one_seed_has_no_interval(tmp_path):
+    runs = write_runs(tmp_path, [summary("mha_rope", 0, 2.0), summary("mla_rope", 0, 2.1, rank=0.5, kv=288)])
+    mla = variant(compare.compare([str(runs)]), "mla_rope", 0.5)
+    assert mla.loss_change_n == 1 and compare.verdict(mla, "loss_change") == "n=1: no interval"
+    assert compare.interval(mla, "loss_change") == "+0.1000"  # the mean alone
 
 
 def test_pareto_front():
-    #            MHA        MLA r=d/2    dominated    MLA r=d/4
-    points = [(16.0, 2.0), (4.5, 2.05), (4.5, 2.3), (2.5, 2.2)]
-    assert compare.pareto_front(points) == [3, 1, 0]
+    #                      MHA   MLA r=d/2  dominated  MLA r=d/4
+    points = pd.DataFrame({"kv": [16.0, 4.5, 4.5, 2.5], "loss": [2.0, 2.05, 2.3, 2.2]})
+    assert list(compare.pareto_front(points, "kv", "loss").index) == [3, 1, 0]
 
 
-def test_cli_prints_the_table_and_writes_next_to_the_first_input(synthetic_sweep):
+# ------------------------------------------------------------------------------------------- comparable groups
+
+
+def test_runs_are_grouped_by_their_resolved_config(tmp_path):
+    smoke = [  # d_model 32: KV 2 x 32 x 2 layers for mha_rope, 48 for mla_rope (would be -150% against d_model 128)
+        summary("mha_rope", 0, 3.0, kv=128, sweep="smoke", changes={"model.d_model": 32}),
+        summary("mla_rope", 0, 3.1, rank=0.5, kv=48, sweep="smoke", changes={"model.d_model": 32}),
+    ]
+    other_data = summary("mha_rope", 0, 1.8, sweep="s2", changes={"data.num_stories": 2000})
+    on_gpu = summary("mha_rope", 0, 1.9, sweep="gpu", precision="bf16-mixed")  # trainer.precision=auto resolved
+    elsewhere = summary("mla_rope", 3, 2.4, rank=0.5, kv=288, sweep="s3", changes={"data.cache_dir": "/elsewhere"})
+    comparison = compare.compare([str(write_runs(tmp_path, [*RUNS, *smoke, other_data, on_gpu, elsewhere]))])
+    assert list(comparison.headers.values()) == [  # the most runs first; the headers name what differs
+        "data.num_stories=1000, model.d_model=128, trainer.precision=32-true",
+        "data.num_stories=1000, model.d_model=32, trainer.precision=32-true",
+        "data.num_stories=1000, model.d_model=128, trainer.precision=bf16-mixed",
+        "data.num_stories=2000, model.d_model=128, trainer.precision=32-true",
+    ]
+    assert len(comparison.set_apart) == 0  # the runs on other data or in bf16 repeat no run of mha_rope seed 0
+    main = {"model.d_model": 128, "data.num_stories": 1000, "trainer.precision": "32-true"}
+    assert variant(comparison, "mha_rope", **main).loss_n == 3
+    assert variant(comparison, "mha_rope", **{"data.num_stories": 2000}).loss_mean == pytest.approx(1.8)
+    assert variant(comparison, "mha_rope", **{"trainer.precision": "bf16-mixed"}).loss_mean == pytest.approx(1.9)
+    small = variant(comparison, "mla_rope", 0.5, **{"model.d_model": 32})
+    assert small.kv_change_pct == pytest.approx(-62.5) and small.loss_change_mean == pytest.approx(0.1)
+    large = variant(comparison, "mla_rope", 0.5, **main)
+    assert large.kv_change_pct == pytest.approx(-71.875) and large.loss_n == 4  # the cache dir does not matter
+    table = compare.markdown(comparison)
+    assert "## Group 2: data.num_stories=1000, model.d_model=32, trainer.precision=32-true (2 runs)" in table
+
+
+def test_a_repeated_run_is_set_apart_with_the_run_it_repeats(tmp_path):
+    repeat = summary("mha_rope", 0, 9.9, sweep="s2")  # the same config, variant and seed in another sweep
+    comparison = compare.compare([str(write_runs(tmp_path, [*RUNS, repeat]))])
+    first, second = tmp_path / "s1" / "mha_rope_rNone_s0", tmp_path / "s2" / "mha_rope_rNone_s0"
+    assert comparison.set_apart.to_dict("records") == [{"run": str(second), "reason": f"repeats {first}"}]
+    assert variant(comparison, "mha_rope").loss_mean == pytest.approx(2.1)  # 9.9 is not averaged in
+    assert f"- {second}: repeats {first}\n" in compare.markdown(comparison)
+
+
+def test_failed_runs_are_listed_and_skipped_jobs_counted(tmp_path):
+    failed = summary("mla_rope", 3, None, None, rank=0.5, status="failed",
+                     error="RuntimeError: CUDA out of memory\nTraceback (most recent call last): ...")
+    diverged = summary("gqa", 4, None, None, status="diverged", error="val loss is nan at step 60")
+    skipped = summary("mha_rope", 0, None, None, status="skipped", sweep="s2")
+    comparison = compare.compare([str(write_runs(tmp_path, [*RUNS, failed, diverged, skipped]))])
+    assert variant(comparison, "mla_rope", 0.5).loss_n == 3 and variant(comparison, "gqa").loss_n == 4
+    assert comparison.skipped == 1 and len(comparison.set_apart) == 0
+    table = compare.markdown(comparison)
+    failed_row = "mla_rope r=d/2 | 3 | failed | RuntimeError: CUDA out of memory |"  # the error's first line
+    assert f"| {tmp_path / 's1' / 'mla_rope_r0.5_s3'} | {failed_row}" in table
+    assert f"| {tmp_path / 's1' / 'gqa_rNone_s4'} | gqa | 4 | diverged | val loss is nan at step 60 |" in table
+    assert "| run | variant | seed | status | error |\n|---|---|---|---|---|\n" in table
+    assert "1 skipped job(s)" in table and str(tmp_path / "s2") not in table
+
+
+# ------------------------------------------------------------------------------------------------ the outputs
+
+
+def test_tables(sweep):
+    lines = compare.markdown(compare.compare([str(sweep)])).splitlines()
+    assert lines[0] == "## All 10 runs (one comparable group)"
+    table = lines[lines.index("| variant | rank | twin | n | params | KV bytes/token | KV vs twin | val loss (final) "
+                              "| val acc (final) | judge valid | judge consistent | tokens/s |"):]
+    assert table[2:5] == [
+        "| mha_rope | n/a | baseline | 3 | 1.00M | 2,048 | – | 2.1000 ± 0.2484 | 0.5200 ± 0.0497 | 0.600 ± 0.100 "
+        "| 0.800 ± 0.000 | 1.00k |",
+        # 2.10, 2.21, 2.32, 2.50: sd 0.170563, t(0.975, 3) = 3.182446: 3.182446 x 0.170563 / 2 = 0.271405
+        "| gqa | n/a | mha_rope | 4 | 1.00M | 512 | -75.0% | 2.2825 ± 0.2714 | 0.4600 ± 0.0650 | – | – | 1.00k |",
+        # 2.03, 2.11, 2.25: sd 0.111355, 4.302653 x 0.111355 / sqrt(3) = 0.276627
+        "| mla_rope | 0.5 (d/2) | mha_rope | 3 | 1.00M | 576 | -71.9% | 2.1300 ± 0.2766 | 0.5200 ± 0.0430 | – | – "
+        "| 1.00k |",
+    ]
+    paired = table[table.index("| variant | vs twin | paired seeds | Δ val loss [95% CI] | Δ val loss, % [95% CI] "
+                               "| loss verdict | Δ val acc [95% CI] | acc verdict |"):]
+    assert paired[2:4] == [  # in %: gqa 5.0, 5.238095, 5.454545 (sd 0.227359); mla_rope sd 0.901188
+        "| gqa | mha_rope | 3 | +0.1100 [+0.0852, +0.1348] | +5.23% [+4.67%, +5.80%] | higher "
+        "| -0.0400 [-0.0648, -0.0152] | lower |",
+        "| mla_rope r=d/2 | mha_rope | 3 | +0.0300 [-0.0197, +0.0797] | +1.42% [-0.82%, +3.65%] "
+        "| not distinguishable at 3 seeds | +0.0000 [-0.0248, +0.0248] | not distinguishable at 3 seeds |",
+    ]
+
+
+def test_pareto_plot_has_95_percent_error_bars(sweep, tmp_path):
+    comparison = compare.compare([str(sweep)])
+    fig = compare.plot_pareto(comparison, tmp_path / "pareto.png")
+    (ax,) = fig.axes
+    bars = {round(c.lines[0].get_xdata()[0], 4): c.lines[2][0].get_segments()[0][:, 1] for c in ax.containers}
+    assert bars[2.0] == pytest.approx([2.1 - 0.248414, 2.1 + 0.248414], abs=1e-6)  # mha_rope: 2048 B = 2 KiB
+    assert imread(tmp_path / "pareto.png").shape[1] > 600
+
+
+def test_curves_are_seed_means_without_the_repeated_final_validation(tmp_path):
+    runs = copy.deepcopy(RUNS)
+    runs[0]["val_history"].append({"step": 101, "val_loss": 2.0, "val_acc": 0.5})  # validation after fit repeats
+    fig = compare.plot_curves(compare.compare([str(write_runs(tmp_path, runs))]), tmp_path / "curves.png")
+    (mha,) = [line for line in fig.axes[0].get_lines() if line.get_label() == "mha_rope"]
+    assert list(mha.get_xdata()) == [50, 100]
+    assert list(mha.get_ydata()) == pytest.approx([3.1, 2.1])  # losses + 1 at step 50, losses at step 100
+
+
+def test_cli_prints_the_tables_and_writes_next_to_the_first_input(sweep):
     proc = subprocess.run(
-        [sys.executable, "-m", "latentlm.compare", str(synthetic_sweep)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-m", "latentlm.compare", str(sweep)], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[2].startswith("| mha | n/a |")
-    assert "mha_r0.25_s0 repeats mha seed 0 (rank n/a for mha)" in proc.stderr
-    for name in (*PLOTS, compare.TABLE_MD, compare.TABLE_JSON):
-        assert (synthetic_sweep / name).is_file()
+    assert proc.stdout == (sweep / compare.TABLE_MD).read_text()
+    data = json.loads((sweep / compare.TABLE_JSON).read_text())
+    (group,) = data["groups"]
+    assert data["metric"] == "val_loss_final" and group["differs_by"] == "" and group["config"]["model.d_model"] == 128
+    assert [(v["attention"], v["loss_n"]) for v in group["variants"]] == [("mha_rope", 3), ("gqa", 4), ("mla_rope", 3)]
+    for name in PLOTS:
+        image = imread(sweep / name)
+        assert image.shape[0] > 400 and image.shape[1] > 600
 
 
-def test_cli_bad_input_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: tmp, "{tmp} holds no run (no summary.json below it, no *.json in it)"),
+        (lambda tmp: tmp / "nowhere", "{tmp}/nowhere does not exist (nor is it wandb:entity/project/group)"),
+        (lambda tmp: write_file(tmp / "run.json", "[1, 2]"), "{tmp}/run.json is not a run summary (a JSON object)"),
+        (lambda tmp: write_file(tmp / "run.json", "{}"), "{tmp}/run.json: no attention name in its summary or config"),
+        (lambda tmp: "wandb:me/latentlm", "wandb:me/latentlm is not wandb:entity/project/group"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(make, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        compare.main([str(tmp_path)])
+        compare.main([str(make(tmp_path))])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path} holds no run (no summary.json below it)"
+    assert capsys.readouterr().err == f"error: {message.format(tmp=tmp_path)}\n"
+
+
+def write_file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- the report
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    """docs/results/paper_mla: runs/*.json as committed (RUNS plus mla_rope at two more ranks), and an intro."""
+    folder = tmp_path / "docs" / "results" / "paper_mla"
+    (folder / "runs").mkdir(parents=True)
+    more_ranks = [  # means: r=0.25: 2.31, r=0.5: 2.13 (RUNS), r=0.75: 2.06
+        summary("mla_rope", seed, loss, rank=rank, kv=kv)
+        for rank, kv, losses in ((0.25, 160, (2.30, 2.32)), (0.75, 416, (2.05, 2.07)))
+        for seed, loss in enumerate(losses)
+    ]
+    skipped = summary("mha_rope", 0, None, None, status="skipped", sweep="s2")
+    for s in [*RUNS, *more_ranks, skipped]:
+        name = f"{s['attention']}_r{s['rank']}_s{s['seed']}_{s['sweep_id']}.json"
+        (folder / "runs" / name).write_text(json.dumps(s))
+    (folder / "intro.md").write_text("The paper says MLA+RoPE at r=d/2 costs +0.3% loss.\n")
+    return tmp_path / "docs" / "results"
+
+
+def test_report_sections_claims_and_links(results):
+    out = results.parent / "results.md"
+    report.main([str(results), "--out", str(out)])
+    text = out.read_text()
+    sections = [line for line in text.splitlines() if line.startswith("#")]
+    assert sections == [
+        "# Results",
+        "## paper_mla",
+        "### Setup",
+        "### Results",
+        "#### All 14 runs (one comparable group)",
+        "### Plots",
+        "### Claims",
+        "## How to reproduce",
+    ]
+    assert "## paper_mla\n\nThe paper says MLA+RoPE at r=d/2 costs +0.3% loss.\n" in text  # intro.md, verbatim
+    assert "| `model.d_model` | 128 |" in text and "| seeds | 0, 1, 2, 3 |" in text
+    assert "| tokens per run | 102,400 |" in text and "| git commit | 0123456789 |" in text
+    assert "| runs | 14 compared, 0 set apart, 0 failed or diverged, 1 skipped |" in text
+    assert "](results/paper_mla/val_loss_curves.png)" in text and "](results/paper_mla/pareto_kv_vs_loss.png)" in text
+    for name in (*PLOTS, compare.TABLE_MD, compare.TABLE_JSON):
+        assert (results / "paper_mla" / name).is_file()
+    claims = text[text.index("### Claims") : text.index("## How to reproduce")].splitlines()[2:-1]
+    # mla_rope - mha_rope at r=0.75d: 0.05, -0.03 (sd 0.056569, 12.706205 x 0.056569 / sqrt(2) = 0.508248); in %:
+    # 2.5, -1.428571; at r=d/4: 0.30, 0.22 (the same sd); in %: 15.0, 10.476190 (sd 3.198823: half-width 28.740);
+    # accuracy at both: 0, -0.02 (sd 0.014142: half-width 0.127062). Rank: 0.75d: 2.06 ± 0.1271, d/2: 2.13 ± 0.2766,
+    # d/4: 2.31 ± 0.1271: each interval overlaps its neighbours'.
+    assert claims == [
+        "- `gqa` caches 75.0% less than `mha_rope`; its val loss (final) against the twin is +5.23% [+4.67%, +5.80%] "
+        "(n=3): distinguishable, higher; its val accuracy -0.0400 [-0.0648, -0.0152] (n=3): distinguishable, lower.",
+        "- `mla_rope r=0.75d` caches 59.4% less than `mha_rope`; its val loss (final) against the twin is +0.54% "
+        "[-24.42%, +25.49%] (n=2): not distinguishable at 2 seeds; its val accuracy -0.0100 [-0.1371, +0.1171] "
+        "(n=2): not distinguishable at 2 seeds.",
+        "- `mla_rope r=d/2` caches 71.9% less than `mha_rope`; its val loss (final) against the twin is +1.42% "
+        "[-0.82%, +3.65%] (n=3): not distinguishable at 3 seeds; its val accuracy +0.0000 [-0.0248, +0.0248] (n=3): "
+        "not distinguishable at 3 seeds.",
+        "- `mla_rope r=d/4` caches 84.4% less than `mha_rope`; its val loss (final) against the twin is +12.74% "
+        "[-16.00%, +41.48%] (n=2): not distinguishable at 2 seeds; its val accuracy -0.0100 [-0.1371, +0.1171] "
+        "(n=2): not distinguishable at 2 seeds.",
+        "- `mla_rope`: the mean val loss falls as the rank grows (d/4: 2.3100, d/2: 2.1300, 0.75d: 2.0600); the 95% "
+        "intervals overlap between d/4 and d/2, d/2 and 0.75d, so those steps are not resolved.",
+    ]
+    assert "python -m latentlm.train -m experiment=paper_mla\n" in text and "make results\n" in text
+
+
+def test_report_needs_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path), "--out", str(tmp_path / "results.md")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path} holds no <experiment>/runs/*.json\n"
+    assert not (tmp_path / "results.md").exists()
 
 
 # ---------------------------------------------------------------------------------------- the wandb: source
@@ -175,98 +426,68 @@ class FakeRun:
         return [row for row in self._history if all(k in row for k in keys or ())]
 
 
-def fake_wandb_run(run_id, attention, seed, best, kv, state="finished", full_summary=True, flat_config=False):
-    """The shapes wandb.Api() returns for one of our runs: summary (with summary.json's keys once train.py puts
-    them there), config (train.py's hyperparameters, the resolved config nested under "config" or flattened to
-    "config/..." keys) and history rows (Lightning logs trainer/global_step with every metric)."""
+def fake_wandb_run(run_id, run, state="finished", full_summary=True, flat_config=False):
+    """The shapes wandb.Api() returns for one of our runs: summary (summary.json's fields, which train.py adds,
+    besides Lightning's last values), config (train.py's hyperparameters, the resolved config nested under "config"
+    or flattened to "config/..." keys) and history rows (Lightning logs trainer/global_step with every metric)."""
+    loss = run["val_loss_final"]
     history = [
         {"trainer/global_step": 0, "data/entropy_floor": 1.0},
         {"trainer/global_step": 9, "train/loss": 5.0},
-        {"trainer/global_step": 10, "val/loss": best + 1, "val/acc": 0.3},
-        {"trainer/global_step": 20, "val/loss": best, "val/acc": 0.5},
+        {"trainer/global_step": 10, "val/loss": loss + 1, "val/acc": 0.3},
+        {"trainer/global_step": 20, "val/loss": loss, "val/acc": 0.5},
     ]
-    summary = {"val/loss": best, "val/acc": 0.5, "data/entropy_floor": 1.0, "perf/tokens_per_s": 2000.0}
+    summary = {"val/loss": loss, "val/acc": 0.5, "data/entropy_floor": 1.0, "perf/tokens_per_s": 2000.0}
     if full_summary:
-        summary |= {
-            "attention": attention,
-            "rank": 0.5,
-            "model": "30m",
-            "seed": seed,
-            "params": 2_000_000,
-            "kv_cache": {"elements_per_token": kv, "bytes_per_token_bf16": 2 * kv},
-            "val_loss_best": best,
-            "val_loss_final": best,
-            "val_acc_final": 0.5,
-            "tokens_per_s": 2000.0,
-            "entropy_floor": 1.0,
-        }
-    kind = "latent" if attention.startswith("ml") else "gqa"
-    config = {
-        "attention": attention,
-        "rank": 0.5,
-        "model": "30m",
-        "params": 2_000_000,
-        "config": {"seed": seed, "attention": {"name": attention, "type": kind}},
-    }
+        summary |= {k: v for k, v in run.items() if k not in ("config", "val_history")}
+    hparams = {k: run[k] for k in ("rank", "attention", "model", "seed", "params", "params_non_embedding")}
     if flat_config:
-        config = {k: v for k, v in config.items() if k != "config"}
-        config |= {"config/seed": seed, "config/attention/name": attention, "config/attention/type": kind}
-    return FakeRun(run_id, state, summary, config, history)
+        flat = pd.json_normalize(run["config"], sep="/").to_dict("records")[0]
+        hparams |= {f"config/{key}": value for key, value in flat.items()}
+    else:
+        hparams["config"] = run["config"]
+    return FakeRun(run_id, state, summary, hparams, history)
 
 
-def test_wandb_source_reads_a_group_through_the_api(monkeypatch, tmp_path):
+def test_wandb_source_reads_a_group_through_the_api(monkeypatch, tmp_path, capsys):
     import wandb
 
     calls = []
+    resolved = {"trainer.precision": "32-true"}  # as the summary says; a Lightning-only summary does not
 
     class FakeApi:
         def runs(self, path, filters=None):
             calls.append((path, filters))
             return [
-                fake_wandb_run("a", "mha", 0, 2.0, 8192),
-                fake_wandb_run("b", "mha", 1, 2.2, 8192, flat_config=True),
-                fake_wandb_run("c", "mla_rope", 0, 2.31, 2304),
-                fake_wandb_run(
-                    "d", "mla_rope", 1, 2.33, 2304, full_summary=False, flat_config=True
-                ),  # Lightning's keys only
-                fake_wandb_run("e", "mla_rope", 2, 9.0, 2304, state="running"),  # skipped
+                fake_wandb_run("a", summary("mha_rope", 0, 2.0, changes=resolved)),
+                fake_wandb_run("b", summary("mha_rope", 1, 2.2, changes=resolved), flat_config=True),
+                fake_wandb_run("c", summary("mla_rope", 0, 2.31, rank=0.5, kv=288, changes=resolved)),
+                fake_wandb_run(  # Lightning's keys only: no KV size
+                    "d", summary("mla_rope", 1, 2.33, rank=0.5, changes=resolved), full_summary=False, flat_config=True
+                ),
+                fake_wandb_run("e", summary("mla_rope", 2, 9.0, rank=0.5, changes=resolved), state="running"),
+                fake_wandb_run("f", summary("gqa", 0, 9.0, changes=resolved), state="crashed", full_summary=False),
             ]
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
     monkeypatch.chdir(tmp_path)
     compare.main(["wandb:me/latentlm/paper_mla-2026-01-01_00-00-00"])
     assert calls == [("me/latentlm", {"group": "paper_mla-2026-01-01_00-00-00"})]
+    assert "note: W&B run e (e) is running: not compared" in capsys.readouterr().err
     out = tmp_path / "logs" / "compare" / "paper_mla-2026-01-01_00-00-00"
     data = json.loads((out / "compare.json").read_text())
-    mha, mla_rope = data["rows"]
-    assert (mha["attention"], mha["rank"], mha["n"], mla_rope["rank"], mla_rope["n"]) == ("mha", None, 2, 0.5, 2)
-    assert mha["val_loss"]["mean"] == pytest.approx(2.1) and mla_rope["val_loss"]["mean"] == pytest.approx(2.32)
-    assert mla_rope["runs"] == ["wandb:me/latentlm/c", "wandb:me/latentlm/d"]
-    assert mla_rope["kv_reduction_vs_baseline_pct"] == pytest.approx(71.875)
-    assert mla_rope["kv_elements_per_token"]["n"] == 1  # run d has no KV size in its summary
-    assert mla_rope["val_loss_change_vs_baseline_pct"] == pytest.approx(100 * (2.32 / 2.1 - 1))
-    assert mla_rope["val_acc"]["mean"] == 0.5 and mla_rope["tokens_per_s"]["mean"] == 2000.0
+    (group,) = data["groups"]
+    mha, mla = group["variants"]
+    assert (mha["attention"], mha["rank"], mha["loss_n"], mha["loss_mean"]) == ("mha_rope", None, 2, pytest.approx(2.1))
+    assert (mla["attention"], mla["rank"], mla["twin"], mla["loss_n"]) == ("mla_rope", 0.5, "mha_rope", 2)
+    assert mla["runs"] == ["wandb:me/latentlm/c", "wandb:me/latentlm/d"]
+    assert mla["loss_mean"] == pytest.approx(2.32) and mla["loss_change_mean"] == pytest.approx(0.22)  # 0.31, 0.13
+    assert mla["kv_elements_n"] == 1 and mla["kv_change_pct"] == pytest.approx(-71.875)  # d has no KV size
+    assert mla["acc_mean"] == 0.5 and mla["tokens_per_s_mean"] == 1500.0 and mla["entropy_floor_mean"] == 1.25
+    (failed,) = data["failed"]
+    assert (failed["run"], failed["status"]) == ("wandb:me/latentlm/f", "failed")
+    assert failed["error"] == "W&B run state crashed"
     assert all((out / name).is_file() for name in PLOTS)
-
-
-@pytest.mark.parametrize("flat_config", [False, True])
-def test_wandb_fallbacks_from_lightning_metrics(flat_config):
-    fake = fake_wandb_run("d", "mla_rope", 1, 2.33, 2304, full_summary=False, flat_config=flat_config)
-    curve = [
-        (row["trainer/global_step"], row["val/loss"]) for row in fake.scan_history(["trainer/global_step", "val/loss"])
-    ]
-    run = compare.make_run(fake.summary_metrics, fake.config, curve, "wandb:x/y/d")
-    assert (run.attention, run.rank, run.model, run.seed) == ("mla_rope", 0.5, "30m", 1)
-    assert run.curve == [(10, 3.33), (20, 2.33)]
-    assert run.values["val_loss_best"] == 2.33 and run.values["val_loss_final"] == 2.33
-    assert run.values["entropy_floor"] == 1.0 and run.values["gap_to_floor"] == pytest.approx(1.33)
-    assert run.values["kv_elements_per_token"] is None and run.values["params"] == 2_000_000
-
-
-def test_wandb_source_needs_entity_project_group(capsys):
-    with pytest.raises(SystemExit):
-        compare.main(["wandb:me/latentlm"])
-    assert "wandb:me/latentlm is not wandb:entity/project/group" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- the experiments
@@ -316,31 +537,24 @@ def test_compare_a_real_smoke_multirun(data_root, tmp_path):
         [f"mha_r0.5_s{s}" for s in (0, 1)]
         + [f"{a}_r{r}_s{s}" for a in ("mla", "mla_rope") for r in (0.25, 0.5) for s in (0, 1)]
     )
-    rows, _ = compare.compare([str(sweep)])
-    assert [(r.attention, r.rank, len(r.runs)) for r in rows] == [
-        ("mha", None, 2),
+    comparison = compare.compare([str(sweep)])
+    assert len(comparison.headers) == 1  # one setup: only attention, rank and seed differ
+    rows = comparison.variants
+    assert list(zip(rows.attention, rows["rank"].fillna(0), rows.loss_n, strict=True)) == [
+        ("mha", 0, 2),  # no latent: rank n/a
         ("mla", 0.5, 2),
         ("mla", 0.25, 2),
         ("mla_rope", 0.5, 2),
         ("mla_rope", 0.25, 2),
     ]
-    by_name = {(r.attention, r.rank): r for r in rows}
     # d_model 32, 2 layers: MHA caches 2 x 32, MLA the latent (8 or 16), MLA+RoPE the latent + an 8-dim rotary key
-    kv = {key: row.mean("kv_elements_per_token") for key, row in by_name.items()}
-    assert kv == {
-        ("mha", None): 128,
-        ("mla", 0.5): 32,
-        ("mla", 0.25): 16,
-        ("mla_rope", 0.5): 48,
-        ("mla_rope", 0.25): 32,
-    }
-    assert by_name["mla_rope", 0.5].kv_reduction_pct == pytest.approx(62.5)
+    assert list(rows.kv_elements_mean) == [128, 32, 16, 48, 32]
     summaries = [json.loads((sweep / f"mla_rope_r0.5_s{s}" / "summary.json").read_text()) for s in (0, 1)]
-    row = by_name["mla_rope", 0.5]
-    assert row.mean("val_loss") == pytest.approx((summaries[0]["val_loss_best"] + summaries[1]["val_loss_best"]) / 2)
-    mha_loss = by_name["mha", None].mean("val_loss")
-    assert row.val_loss_change_pct == pytest.approx(100 * (row.mean("val_loss") / mha_loss - 1))
-    assert len(row.runs[0].curve) == 4  # validation every 5 of 20 steps
+    mla_rope = variant(comparison, "mla_rope", 0.5)
+    assert mla_rope.loss_mean == pytest.approx((summaries[0]["val_loss_final"] + summaries[1]["val_loss_final"]) / 2)
+    history = compare._history(comparison.runs)
+    assert len(history[history.run == str(sweep / "mla_rope_r0.5_s0")]) == 4  # validation every 5 of 20 steps
+    compare.write(comparison, sweep)
     for name in PLOTS:
         assert (sweep / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -406,12 +620,9 @@ def test_wandb_offline_run_reads_back(wandb_sweep, seed):
     state = wandb_state(offline_run_file(run_dir))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert state["state"] == "finished" and state["summary"]["val/loss"] == pytest.approx(summary["val_loss_final"])
-    config = state["config"]  # train.py's hyperparameters, the resolved config nested or flattened under config/
-    assert config["attention"] == "mla_rope" and compare._lookup(config, "config.seed") == seed
-    assert (
-        compare._lookup(config, "config.model.d_model") == 32
-        and compare._lookup(config, "config.trainer.max_steps") == 10
-    )
+    assert state["config"]["attention"] == "mla_rope"  # train.py's hyperparameters and the resolved config
+    config = compare.config_from_wandb(state["config"])
+    assert (config["seed"], config["model"]["d_model"], config["trainer"]["max_steps"]) == (seed, 32, 10)
 
 
 def test_wandb_summary_holds_the_run_summary(wandb_sweep):
@@ -420,5 +631,5 @@ def test_wandb_summary_holds_the_run_summary(wandb_sweep):
     summary = json.loads((run_dir / "summary.json").read_text())
     for key in ("val_loss_best", "tokens_per_s", "entropy_floor", "gap_to_floor", "params"):
         assert state["summary"][key] == pytest.approx(summary[key]), key
-    kv_bytes = compare._lookup(state["summary"], "kv_cache.bytes_per_token_bf16")
+    kv_bytes = state["summary"]["kv_cache"]["bytes_per_token_bf16"]
     assert kv_bytes == summary["kv_cache"]["bytes_per_token_bf16"] == 2 * 48
