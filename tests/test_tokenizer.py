@@ -4,6 +4,7 @@ import pytest
 import tiktoken
 from tiktoken_ext import openai_public
 
+from latentlm.config import ConfigError
 from latentlm.data.tokenizer import EOT, GPT2_URLS, load_encoding, tiktoken_cache_name, train_bpe
 
 CORPUS = [
@@ -44,6 +45,13 @@ def test_bpe_compresses_its_corpus(trained):
     _, enc = trained
     text = CORPUS[0]
     assert len(enc.encode_ordinary(text)) < len(text.encode()) / 2
+
+
+def test_bpe_vocab_size_minimum_is_bytes_one_merge_and_eot(tmp_path):
+    with pytest.raises(ConfigError, match=r"^tokenizer.vocab_size=257 is too small for a byte-level BPE: the minimum"):
+        train_bpe(CORPUS, vocab_size=257, path=tmp_path / "tok")
+    train_bpe(CORPUS, vocab_size=258, path=tmp_path / "tok")
+    assert load_encoding("bpe", tmp_path / "tok").n_vocab == 258
 
 
 def test_bytes_tokenizer():
