@@ -1,7 +1,13 @@
 """The token pipeline: packed files, the fingerprinted cache, atomic builds."""
 
+import os
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from conftest import REPO
 
 from latentlm.config import ConfigError
 from latentlm.data import pipeline
@@ -48,8 +54,37 @@ def test_interrupted_build_leaves_nothing_that_loads(tmp_path, text_cfg, monkeyp
     monkeypatch.setattr(pipeline, "_write_tokens", crash)
     with pytest.raises(KeyboardInterrupt):
         build_cache(tmp_path / "cache", text_cfg, BPE)
-    assert list((tmp_path / "cache").iterdir()) == []  # the temporary folder is gone
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".build.lock"]  # the temporary folder is gone
     assert load_cache(tmp_path / "cache", text_cfg, BPE) is None
+
+
+def test_next_build_deletes_what_a_killed_build_left(tmp_path, text_cfg):
+    """A build killed outright (no except clause runs) leaves its temporary folder; the next build deletes it."""
+    killed = (
+        "import os, signal\n"
+        "from latentlm.data import pipeline\n"
+        "pipeline._write_tokens = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"pipeline.build_cache({str(tmp_path / 'cache')!r}, {text_cfg!r}, {BPE!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", killed], cwd=REPO, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    left = list((tmp_path / "cache").glob(".*.tmp-*"))
+    assert len(left) == 1 and (left[0] / "tokenizer.tiktoken").exists()  # killed after training the tokenizer
+    cache = build_cache(tmp_path / "cache", text_cfg, BPE)
+    assert list((tmp_path / "cache").glob(".*.tmp-*")) == [] and load_cache(tmp_path / "cache", text_cfg, BPE) == cache
+
+
+def test_a_build_in_progress_keeps_its_folder(tmp_path, text_cfg):
+    cache_dir = tmp_path / "cache"
+    other = pipeline._lock_and_clean(cache_dir)  # another build holds the lock while it writes its folder
+    (cache_dir / ".text-0123.tmp-cafe").mkdir()
+    try:
+        build_cache(cache_dir, text_cfg, BPE)
+        assert (cache_dir / ".text-0123.tmp-cafe").is_dir()
+    finally:
+        os.close(other)  # that build ends (or dies): its folder, if still there, is garbage
+    build_cache(cache_dir, {**text_cfg, "val_fraction": 0.2}, BPE)
+    assert not (cache_dir / ".text-0123.tmp-cafe").exists()
 
 
 def test_truncated_cache_is_not_valid(tmp_path, text_cfg):

@@ -3,7 +3,8 @@
 The cache folder for a (data, tokenizer) config holds train.bin and val.bin (uint16/uint32 tokens, each
 document followed by <|endoftext|>), the tokenizer's rank file when one is trained, and meta.json. It is
 built in a temporary folder and renamed into place in one step, and meta.json records the fingerprint and
-the file sizes, so an interrupted build never leaves a folder that later loads as valid.
+the file sizes, so an interrupted build never leaves a folder that later loads as valid; the next build deletes
+the temporary folders that killed builds left behind.
 
 Sources: `synthetic` (the seeded story generator), `text` (the user's .txt/.jsonl files), `tinystories`
 (roneneldan/TinyStories through `datasets.load_dataset`, from the Hub, the HF cache or a local copy).
@@ -12,6 +13,7 @@ Story generation and tokenisation of large splits run in `num_proc` forked worke
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import json
@@ -241,7 +243,8 @@ def build_cache(
     fp = fingerprint(data_cfg, tokenizer_cfg)
     final = Path(cache_dir) / f"{data_cfg['source']}-{fp}"
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
+    lock = _lock_and_clean(Path(cache_dir))
+    tmp.mkdir()
     try:
         log.info("building token cache %s", final)
         seconds: dict[str, float] = {}
@@ -288,8 +291,31 @@ def build_cache(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)  # releases the build's shared lock
     return load_cache(cache_dir, data_cfg, tokenizer_cfg)
 
+
+def _lock_and_clean(cache_dir: Path) -> int:
+    """Take a shared lock on cache_dir's lock file for a build, and return its descriptor (closing it unlocks).
+
+    First, if no build holds the lock, delete every temporary build folder: a build deletes its own folder when
+    it fails, but one that is killed (SIGKILL, a lost node) cannot, and its lock dies with it. While another build
+    runs, its folder is in use, so the cleanup waits for a later build. (A lock rather than a PID check, which
+    could not see a live build on another machine sharing the folder.)
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    lock = os.open(cache_dir / ".build.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pass
+    else:
+        for leftover in cache_dir.glob(".*.tmp-*"):
+            log.info("removing %s, left by an interrupted build", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+    fcntl.flock(lock, fcntl.LOCK_SH)  # turns an exclusive lock into a shared one: builds run side by side
+    return lock
 
 
 def documents(
