@@ -5,9 +5,10 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_main
 from test_attention import VARIANTS, make_gpt
 
+import latentlm.generate as generate_cli
 from latentlm.generate import generate, load_checkpoint, sample_next
 
 
@@ -59,6 +60,31 @@ def test_checkpoint_rebuilds_the_trained_model(smoke_run):
     assert model.attention_name == "mla_rope" and model.vocab_size == enc.n_vocab
     out = generate(model, [enc.encode_ordinary("Once upon a time")], 15, temperature=0)[0]
     assert len(out) <= 15 and enc.decode(out)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["ckpt=/nonexistent/best.ckpt"],
+         "error: ckpt=/nonexistent/best.ckpt is not a file; pass a .ckpt from a run's checkpoints/ folder"),
+        ([], "error: ckpt is not set; pass ckpt=<run dir>/checkpoints/best.ckpt of a latentlm.train run"),
+    ],
+)
+def test_generate_cli_bad_ckpt_is_one_line(args, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # generate writes its job log into the working directory
+    code, out, err = run_main(capsys, generate_cli._hydra_main, *args)
+    assert code == 2 and out == "" and err.strip().splitlines() == [expected]
+
+
+def test_empty_prompt_starts_from_endoftext(smoke_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    ckpt = smoke_run / "checkpoints" / "best.ckpt"
+    code, out, err = run_main(capsys, generate_cli._hydra_main, f"ckpt={ckpt}", "prompt=''", "max_new_tokens=12",
+                              "temperature=0", "device=cpu")
+    model, enc = load_checkpoint(ckpt)
+    sample = generate(model, [[enc.eot_token]], 12, temperature=0, eot=enc.eot_token)[0]
+    assert code == 0 and err == ""
+    assert out == enc.decode([t for t in sample if t != enc.eot_token]) + "\n<|endoftext|>\n"
 
 
 def test_generate_cli(smoke_run):
