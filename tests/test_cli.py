@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO, read_metrics, run_main, run_train, series
 
 import latentlm.train as train_cli
@@ -22,11 +23,15 @@ def test_run_writes_summary_and_loss_falls(data_root, tmp_path):
     assert summary["entropy_floor"] > 0 and summary["gap_to_floor"] == pytest.approx(
         summary["val_loss_final"] - summary["entropy_floor"]
     )
-    assert summary["val_loss_best"] <= summary["val_loss_final"]
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "checkpoints" / "best.ckpt").exists()
     assert (run_dir / "config.yaml").exists() and (run_dir / ".hydra" / "config.yaml").exists()
     val = [v for _, v in series(read_metrics(run_dir), "val/loss")]
     train = [v for _, v in series(read_metrics(run_dir), "train/loss")]
+    # The summary agrees with the logged validations (3 during training, then the final one) and the checkpoint.
+    assert len(val) == 4 and summary["val_loss_final"] == val[-1] and summary["val_loss_best"] == min(val)
+    best_ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    scores = [s["best_model_score"] for k, s in best_ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert [float(s) for s in scores] == [pytest.approx(min(val[:-1]))]
     assert val[-1] < val[0] - 0.2 and train[-1] < train[0]
 
 

@@ -317,3 +317,16 @@ def test_bad_split_is_refused_before_any_work(tmp_path, text_cfg, change, messag
     with pytest.raises(ConfigError) as err:
         pipeline.check_source({**text_cfg, **change})
     assert str(err.value).startswith(message)
+
+
+def test_cached_entropy_floor_equals_the_stories_own(tmp_path):
+    """The floor in meta.json (what runs log as data/entropy_floor) is stories.entropy_floor of the validation
+    stories, each counted with its tokens plus the <|endoftext|> after it."""
+    from latentlm.data.stories import entropy_floor, generate_stories
+
+    cfg = {"source": "synthetic", "num_stories": 40, "val_stories": 25, "seed": 5}
+    cache = build_cache(tmp_path / "cache", cfg, BPE)
+    enc = cache.encoding()
+    val = generate_stories(5, pipeline.VAL_INDEX_OFFSET, 25)
+    expected = entropy_floor(val, lambda text: len(enc.encode_ordinary(text)) + 1)
+    assert cache.meta["splits"]["val"]["entropy_floor"] == pytest.approx(expected, rel=1e-12)

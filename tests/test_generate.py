@@ -1,11 +1,15 @@
 """Generation: cached decoding reproduces the full forward's choices; checkpoints rebuild their model."""
 
+import itertools
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO, run_main
+import torch.nn.functional as F
+from conftest import REPO, read_metrics, run_main, series
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from test_attention import VARIANTS, make_gpt
 
 import latentlm.generate as generate_cli
@@ -56,10 +60,19 @@ def test_prompt_longer_than_context_is_refused():
 
 
 def test_checkpoint_rebuilds_the_trained_model(smoke_run):
+    """The rebuilt model scores the run's validation batches as the run's last validation did (same weights,
+    same tokenizer), with the loss recomputed here."""
     model, enc = load_checkpoint(smoke_run / "checkpoints" / "last.ckpt")
     assert model.attention_name == "mla_rope" and model.vocab_size == enc.n_vocab
-    out = generate(model, [enc.encode_ordinary("Once upon a time")], 15, temperature=0)[0]
-    assert len(out) <= 15 and enc.decode(out)
+    cfg = OmegaConf.load(smoke_run / "config.yaml")
+    data = instantiate(cfg.data, _convert_="all")
+    data.setup()
+    losses = []
+    for x, y in itertools.islice(data.val_dataloader(), cfg.trainer.limit_val_batches):
+        logits = model(x)[..., : model.vocab_size]
+        losses.append(F.cross_entropy(logits.flatten(0, 1), y.flatten()))
+    logged = [v for _, v in series(read_metrics(smoke_run), "val/loss")][-1]  # the final validation, at last.ckpt
+    assert torch.stack(losses).mean().item() == pytest.approx(logged, rel=1e-5)
 
 
 @pytest.mark.parametrize(
