@@ -106,6 +106,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"ckpt_path={cfg.ckpt_path} is not a file; give a checkpoint such as <run>/checkpoints/last.ckpt"
         )
+    if not isinstance(cfg.data.batch_size, int) or cfg.data.batch_size < 1:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a whole number of sequences, at least 1")
+    if cfg.data.get("tokenizer") is not None and cfg.data.tokenizer.kind == "bpe":
+        from latentlm.data.tokenizer import check_bpe_vocab_size
+
+        check_bpe_vocab_size(cfg.data.tokenizer.vocab_size)
     if cfg.data.seq_len > m.block_size:
         raise ConfigError(
             f"data.seq_len={cfg.data.seq_len} is longer than the context "

@@ -4,7 +4,8 @@
 
 The run's resolved config (config.yaml) and tokenizer sit beside its checkpoints/ folder, so a checkpoint
 rebuilds its own model. Generation prefills the prompts, then decodes one token a step through each attention
-variant's own cache; temperature=0 is greedy and deterministic.
+variant's own cache; temperature=0 is greedy and deterministic. An empty prompt (prompt='') starts from
+<|endoftext|>, which precedes every document in training, so it samples whole documents.
 """
 
 import logging
@@ -86,7 +87,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperat
         tokens[i, : len(p)] = torch.tensor(p)
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
     caches = model.new_caches(B, total, device, next(model.parameters()).dtype)
-    logits = model(tokens[:, :shortest], caches, 0)[:, -1, : model.vocab_size]
+    logits = model(tokens[:, :shortest], caches, 0, last_only=True)[:, -1, : model.vocab_size]
     step = torch.compile(model, dynamic=True) if compile_step else model
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for pos in range(shortest, total):
@@ -119,10 +120,12 @@ def _dtype(name: str, device: str) -> torch.dtype:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="generate")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
+        if OmegaConf.is_missing(cfg, "ckpt"):
+            raise ConfigError("ckpt is not set; pass ckpt=<run dir>/checkpoints/best.ckpt of a latentlm.train run")
         device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         model, enc = load_checkpoint(cfg.ckpt, device, _dtype(cfg.dtype, device))
         prompts = list(cfg.prompts) if cfg.prompts else [cfg.prompt]
-        ids = [enc.encode_ordinary(p) for p in prompts]
+        ids = [enc.encode_ordinary(p) or [enc.eot_token] for p in prompts]
         if max(map(len, ids)) >= model.block_size:
             raise ConfigError(f"prompt of {max(map(len, ids))} tokens is longer than the context "
                               f"block_size={model.block_size}; shorten it")

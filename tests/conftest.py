@@ -2,9 +2,11 @@ import csv
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hydra.core.global_hydra import GlobalHydra
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,6 +30,23 @@ def run_train(
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}")
     return proc
+
+
+def run_main(capsys, main: Callable[[], None], *argv: str) -> tuple[int, str, str]:
+    """Run a CLI entry point in this process on argv, as a user's command line: its exit status, stdout, stderr."""
+    saved = sys.argv
+    sys.argv = ["prog", *argv]
+    GlobalHydra.instance().clear()
+    capsys.readouterr()  # only this run's output
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    finally:
+        sys.argv = saved
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:

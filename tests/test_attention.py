@@ -1,4 +1,5 @@
-"""Every attention variant: cached decode equals the full forward, absorbed equals naive, exact cache sizes."""
+"""Every attention variant against independent references; cached decode equals the full forward, absorbed equals
+naive, exact cache sizes."""
 
 import math
 
@@ -6,9 +7,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from references import gqa_weights, latent_weights, reference_gqa, reference_latent
 
 from latentlm.config import CONFIG_DIR, group_choices, register_resolvers
 from latentlm.model import GPT, KVCache
+from latentlm.model.attention import Attention, build_attention
 
 register_resolvers()
 VARIANTS = group_choices("attention")
@@ -66,44 +69,56 @@ def test_absorbed_equals_naive(name, rank):
     torch.testing.assert_close(logits[True], logits[False], rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize(("name", "n_kv_heads"), [("mqa", 1), ("mha_rope", H)])
-def test_mqa_and_mha_are_gqa_with_one_and_every_kv_head(name, n_kv_heads):
-    special = make_gpt(name)
-    gqa = make_gpt("gqa", n_kv_heads=n_kv_heads)
-    gqa.load_state_dict(special.state_dict())
-    idx = torch.randint(0, VOCAB, (2, 20))
-    torch.testing.assert_close(special(idx), gqa(idx), rtol=0, atol=0)
+def make_attention(name: str, **extra) -> tuple[Attention, dict]:
+    """One attention layer of config `name` in float64, every weight drawn at unit scale (so softmaxes are sharp
+    and every weight, norm gains included, moves the output), and its config."""
+    cfg = attention_cfg(name, **extra)
+    args = {k: v for k, v in cfg.items() if k not in ("name", "pos_emb")}
+    torch.manual_seed(0)
+    attn = build_attention(d_model=D, n_head=H, max_seq_len=CTX, **args).double()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randn_like(p) / math.sqrt(p.size(-1)))
+    return attn, cfg
 
 
-def test_mlra_with_one_block_is_mla():
-    mla = make_gpt("mla_rope")
-    mlra = make_gpt("mlra", n_blocks=1)
-    mlra.load_state_dict(mla.state_dict())
-    idx = torch.randint(0, VOCAB, (2, 20))
-    torch.testing.assert_close(mla(idx), mlra(idx), rtol=0, atol=0)
+def assert_matches_reference(attn: Attention, expected_of, T: int = 12) -> None:
+    """The layer's full forward, and a prefill of 5 tokens then decode steps through its cache, equal the reference.
+
+    The tolerance is float64's, except that latentlm's rotary runs in float32 whatever the model's dtype (rope.py):
+    that leaves about 3e-8 of relative error, still far below what a wrong angle, pairing or scale gives (> 1e-2).
+    """
+    tol = 2e-7 if attn.rotary is not None else 1e-12
+    x = torch.randn(2, T, D, dtype=torch.float64)
+    expected = expected_of(x)
+    cache = attn.new_cache(2, T, dtype=torch.float64)
+    steps = [attn(x[:, :5], cache, 0), *(attn(x[:, t : t + 1], cache, t) for t in range(5, T))]
+    for out in (attn(x), torch.cat(steps, dim=1)):
+        assert ((out - expected).norm() / expected.norm()).item() <= tol
 
 
-def test_mlra_sums_blocks_scaled():
-    """MLRA output = sum over blocks of a one-block attention on that block's latent, / sqrt(n_blocks)."""
-    model = make_gpt("mlra", gated=False)
-    attn = model.blocks[0].attn
-    x = torch.randn(2, 10, D, dtype=torch.float64)
-    q_in, latent, k_rope = attn.w_in(x).split([attn.q_in_dim, attn.latent_dim, attn.rope_dim], dim=-1)
-    q_nope, q_rope = attn._queries(q_in, 0)
-    latent, k_rope = attn._latent(latent, k_rope, 0)
-    nb, bd = attn.n_blocks, attn.block_dim
-    per_block = []
-    for b in range(nb):
-        w = attn.wkv_b[b].view(H, 2, attn.head_dim, bd)
-        c = latent[..., b * bd : (b + 1) * bd]
-        k = torch.cat((torch.einsum("bsc,hdc->bhsd", c, w[:, 0]), k_rope[:, None].expand(-1, H, -1, -1)), -1)
-        v = torch.einsum("bsc,hdc->bhsd", c, w[:, 1])
-        q = torch.cat((q_nope, q_rope), -1).transpose(1, 2)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(attn.qk_dim)
-        scores = scores.masked_fill(torch.ones(10, 10, dtype=torch.bool).triu(1), float("-inf"))
-        per_block.append(scores.softmax(-1) @ v)
-    expected = (sum(per_block) / math.sqrt(nb)).transpose(1, 2).reshape(2, 10, D)
-    torch.testing.assert_close(attn._attend_naive(q_nope, q_rope, latent, k_rope).reshape(2, 10, D), expected)
+@pytest.mark.parametrize(("name", "n_kv_heads"), [("mqa", 1), ("gqa", 2), ("mha_rope", H), ("mha", H)])
+def test_gqa_matches_reference(name, n_kv_heads):
+    attn, cfg = make_attention(name)
+    assert (cfg["n_kv_heads"] or H) == n_kv_heads
+    w = gqa_weights(attn, D, n_kv_heads, D // H)
+    assert_matches_reference(attn, lambda x: reference_gqa(x, w, H, n_kv_heads, cfg["rope"]))
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANTS if attention_cfg(n)["type"] == "latent"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"q_rank": 0.25}, {"latent_scale": False}], ids=["q_from_x", "q_rank", "no_latent_scale"]
+)
+@pytest.mark.parametrize("absorb", [True, False])
+def test_latent_matches_deepseek_reference(name, extra, absorb):
+    """MLA, MLA + RoPE, MLRA (4 blocks) and gated MLRA against DeepSeek-V2's equations, on both decode paths."""
+    attn, cfg = make_attention(name, absorb=absorb, **extra)
+    hd = D // H
+    rope_dim = hd // 2 if cfg["rope_dim"] is None else cfg["rope_dim"]
+    q_latent = None if cfg["q_rank"] is None else round(cfg["q_rank"] * D)
+    w = latent_weights(attn, H, hd, rope_dim, round(cfg["rank"] * D), q_latent, cfg["n_blocks"])
+    assert w["w_uk"].shape[0] == cfg["n_blocks"] and ("w_g" in w) == cfg["gated"]
+    assert_matches_reference(attn, lambda x: reference_latent(x, w, cfg["latent_scale"]))
 
 
 # Elements cached per token per layer, as each variant's paper defines them.
@@ -123,19 +138,46 @@ def expected_cache(name: str, rank: float, d: int = D, h: int = H) -> int:
     }[name]
 
 
+def held_bytes(root: object) -> int:
+    """Bytes of the distinct tensor storages reachable from `root` through attributes, dicts, lists and tuples:
+    what an object keeps alive, whatever its fields are called."""
+    storages, seen, todo = {}, set(), [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+        elif isinstance(obj, dict):
+            todo += obj.values()
+        elif isinstance(obj, (list, tuple)):
+            todo += obj
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            todo += vars(obj).values()
+    return sum(storages.values())
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("rank", [0.25, 0.5, 1.0])
 def test_cache_formula_matches_measured_bytes(name, rank):
+    """After a prefill and decode steps, the caches hold the formula's bytes and no more (nothing else is kept,
+    in the cache or on the model), and every position of them was written."""
     model = make_gpt(name, rank=rank, dtype=torch.bfloat16)
+    model_bytes = held_bytes(model)
     batch, steps = 3, 17
     caches = model.new_caches(batch, steps, dtype=torch.bfloat16)
     idx = torch.randint(0, VOCAB, (batch, steps))
     model(idx[:, :5], caches, 0)
     for t in range(5, steps):
         model(idx[:, t : t + 1], caches, t)
-    for block, cache in zip(model.blocks, caches, strict=True):
+    assert held_bytes(caches) == LAYERS * batch * steps * expected_cache(name, rank) * 2  # bf16: 2 bytes an element
+    assert held_bytes(model) == model_bytes
+    for cache in caches:
+        for tensor in cache.tensors.values():
+            assert tensor.flatten(2).abs().sum(-1).gt(0).all()  # every (sequence, position) holds its token's entry
+    for block in model.blocks:
         assert block.attn.kv_cache_elements() == expected_cache(name, rank)
-        assert cache.nbytes == batch * steps * expected_cache(name, rank) * 2  # bf16: 2 bytes an element
     assert model.kv_cache_elements() == LAYERS * expected_cache(name, rank)
 
 

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, read_metrics, run_train, series
-from hydra.core.global_hydra import GlobalHydra
+import torch
+from conftest import REPO, read_metrics, run_main, run_train, series
 
 import latentlm.train as train_cli
 
@@ -23,11 +23,15 @@ def test_run_writes_summary_and_loss_falls(data_root, tmp_path):
     assert summary["entropy_floor"] > 0 and summary["gap_to_floor"] == pytest.approx(
         summary["val_loss_final"] - summary["entropy_floor"]
     )
-    assert summary["val_loss_best"] <= summary["val_loss_final"]
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "checkpoints" / "best.ckpt").exists()
     assert (run_dir / "config.yaml").exists() and (run_dir / ".hydra" / "config.yaml").exists()
     val = [v for _, v in series(read_metrics(run_dir), "val/loss")]
     train = [v for _, v in series(read_metrics(run_dir), "train/loss")]
+    # The summary agrees with the logged validations (3 during training, then the final one) and the checkpoint.
+    assert len(val) == 4 and summary["val_loss_final"] == val[-1] and summary["val_loss_best"] == min(val)
+    best_ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    scores = [s["best_model_score"] for k, s in best_ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert [float(s) for s in scores] == [pytest.approx(min(val[:-1]))]
     assert val[-1] < val[0] - 0.2 and train[-1] < train[0]
 
 
@@ -96,20 +100,41 @@ def test_wandb_offline_run(data_root, tmp_path):
         (["data.seq_len=64"], "data.seq_len=64 is longer than the context model.block_size=32"),
         (["data=text", "data.files=/nonexistent/*.txt"], "data.files=/nonexistent/*.txt matches no file"),
         (["data=tinystories", "data.local_path=/nonexistent"], "data.local_path=/nonexistent does not exist"),
+        (["data=text", "data.files=README.md", "data.split=paragraph"], "data.split=paragraph is not a text split"),
+        (["data.batch_size=0"], "data.batch_size=0 must be a whole number of sequences, at least 1"),
+        (["tokenizer.vocab_size=10"], "tokenizer.vocab_size=10 is too small for a byte-level BPE: the minimum is 258"),
     ],
 )
-def test_bad_config_fails_fast_with_one_line(overrides, expected, tmp_path, monkeypatch, capsys):
-    """In-process (the CLI's own main()), so the eight cases cost no interpreter start-ups."""
+def test_bad_config_fails_fast_with_one_line(overrides, expected, tmp_path, capsys):
+    """In-process (the CLI's own main()), so the cases cost no interpreter start-ups."""
     flags = [a for a in overrides if a.startswith("-")]
     rest = [a for a in overrides if not a.startswith("-")]
-    monkeypatch.setattr(sys, "argv", ["train", *flags, "experiment=smoke", f"paths.root_dir={tmp_path}", *rest])
-    GlobalHydra.instance().clear()
-    with pytest.raises(SystemExit) as exit_info:
-        train_cli.main()
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == [f"error: {lines[0].removeprefix('error: ')}"] and expected in lines[0]
+    code, _, err = run_main(capsys, train_cli.main, *flags, "experiment=smoke", f"paths.root_dir={tmp_path}", *rest)
+    lines = err.strip().splitlines()
+    assert code == 2 and lines == [f"error: {lines[0].removeprefix('error: ')}"] and expected in lines[0]
     assert not (tmp_path / "data").exists()  # stopped before any work
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "data.files={path} gave 0 non-empty document(s) with data.split=separator; need at least 2"),
+        (b"a", "data.files={path} gave 1 non-empty document(s) with data.split=separator; need at least 2"),
+        (bytes(range(256)), "data.files: {path} is not UTF-8 text (byte 0x80: invalid start byte)"),
+        (b"a<|endoftext|>b", "data.seq_len=32 needs 33 tokens a window, but the train split holds 2;"),
+        (b"<|endoftext|>".join([b"Ben had a red ball and a blue kite."] * 6), "data.batch_size=8 is more than the"),
+    ],
+    ids=["empty", "one_char", "binary", "two_chars", "few_windows"],
+)
+def test_unusable_text_file_stops_with_one_line(content, expected, tmp_path, capsys):
+    """Files that exist but cannot be trained on fail where they are read, still in one line."""
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(content)
+    code, _, err = run_main(capsys, train_cli.main, "experiment=smoke", f"paths.root_dir={tmp_path}",
+                            f"hydra.run.dir={tmp_path / 'run'}", "data=text", f"data.files={path}", "tokenizer=bytes")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in err
+    assert len(errors) == 1 and errors[0].startswith(f"error: {expected.format(path=path)}")
 
 
 def test_bad_config_exit_code_from_a_real_process(tmp_path):

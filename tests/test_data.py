@@ -1,8 +1,15 @@
 """The token pipeline: packed files, the fingerprinted cache, atomic builds."""
 
+import os
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from conftest import REPO
 
+from latentlm.config import ConfigError
 from latentlm.data import pipeline
 from latentlm.data.datamodule import PackedTokens
 from latentlm.data.pipeline import build_cache, load_cache
@@ -47,8 +54,37 @@ def test_interrupted_build_leaves_nothing_that_loads(tmp_path, text_cfg, monkeyp
     monkeypatch.setattr(pipeline, "_write_tokens", crash)
     with pytest.raises(KeyboardInterrupt):
         build_cache(tmp_path / "cache", text_cfg, BPE)
-    assert list((tmp_path / "cache").iterdir()) == []  # the temporary folder is gone
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".build.lock"]  # the temporary folder is gone
     assert load_cache(tmp_path / "cache", text_cfg, BPE) is None
+
+
+def test_next_build_deletes_what_a_killed_build_left(tmp_path, text_cfg):
+    """A build killed outright (no except clause runs) leaves its temporary folder; the next build deletes it."""
+    killed = (
+        "import os, signal\n"
+        "from latentlm.data import pipeline\n"
+        "pipeline._write_tokens = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"pipeline.build_cache({str(tmp_path / 'cache')!r}, {text_cfg!r}, {BPE!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", killed], cwd=REPO, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    left = list((tmp_path / "cache").glob(".*.tmp-*"))
+    assert len(left) == 1 and (left[0] / "tokenizer.tiktoken").exists()  # killed after training the tokenizer
+    cache = build_cache(tmp_path / "cache", text_cfg, BPE)
+    assert list((tmp_path / "cache").glob(".*.tmp-*")) == [] and load_cache(tmp_path / "cache", text_cfg, BPE) == cache
+
+
+def test_a_build_in_progress_keeps_its_folder(tmp_path, text_cfg):
+    cache_dir = tmp_path / "cache"
+    other = pipeline._lock_and_clean(cache_dir)  # another build holds the lock while it writes its folder
+    (cache_dir / ".text-0123.tmp-cafe").mkdir()
+    try:
+        build_cache(cache_dir, text_cfg, BPE)
+        assert (cache_dir / ".text-0123.tmp-cafe").is_dir()
+    finally:
+        os.close(other)  # that build ends (or dies): its folder, if still there, is garbage
+    build_cache(cache_dir, {**text_cfg, "val_fraction": 0.2}, BPE)
+    assert not (cache_dir / ".text-0123.tmp-cafe").exists()
 
 
 def test_truncated_cache_is_not_valid(tmp_path, text_cfg):
@@ -81,7 +117,7 @@ def test_packed_windows_shift_by_one(tmp_path):
 def test_too_small_split_is_a_clear_error(tmp_path):
     path = tmp_path / "t.bin"
     np.arange(5, dtype=np.uint16).tofile(path)
-    with pytest.raises(ValueError, match="fewer than data.seq_len"):
+    with pytest.raises(ConfigError, match=r"^data.seq_len=10 needs 11 tokens a window, but the t split holds 5;"):
         PackedTokens(path, seq_len=10, dtype=np.uint16)
 
 
@@ -221,3 +257,76 @@ def test_joined_tokenisation_equals_one_call_a_document(tmp_path):
             assert pipeline._encode_chunk(0, len(texts)).tolist() == per_doc
         finally:
             pipeline._WORK.clear()
+
+
+FORTUNES = "%\nA fortune\non two lines.\n%\nAnother one.\n%\n\n%\nThe last, 100% true.\n"
+
+
+@pytest.mark.parametrize(
+    ("split", "separator", "text", "documents", "empty"),
+    [
+        ("separator", "===", "one===\ntwo\n===  ===three", ["one", "two", "three"], 1),
+        ("regex", "^%$", FORTUNES, ["A fortune\non two lines.", "Another one.", "The last, 100% true."], 2),
+        ("regex", r"\n%\n", "a\n%\nb\n%\nc", ["a", "b", "c"], 0),  # as the command line hands over '\n%\n'
+        ("line", None, "first line\n\n  second  \nthird", ["first line", "second", "third"], 1),
+        ("blank_line", None, "A paragraph\nof two lines.\n\n \n\nNext one.\n\n", ["A paragraph\nof two lines.",
+                                                                                "Next one."], 1),
+        ("file", None, "All\n\nof it\n%\n", ["All\n\nof it\n%"], 0),
+    ],
+)
+def test_text_split_modes_and_documents_per_file(tmp_path, caplog, split, separator, text, documents, empty):
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    cfg = {"source": "text", "files": str(tmp_path / "*.txt"), "split": split, "separator": separator,
+           "val_fraction": 0.01}
+    with caplog.at_level("INFO", logger="latentlm.data.pipeline"):
+        splits = pipeline.documents(cfg, report=(report := {}))
+    assert [*splits["train"]["text"], *splits["val"]["text"]] == documents * 2
+    assert report["empty_documents_skipped"] == 2 * empty
+    for name in ("a.txt", "b.txt"):
+        assert f"{tmp_path / name}: {len(documents)} documents ({empty} empty skipped)" in caplog.text
+
+
+def test_fortune_separator_from_the_command_line(tmp_path):
+    """`data.split=regex data.separator='^%$'` as typed on the command line reaches the splitter intact."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from latentlm.config import CONFIG_DIR, register_resolvers
+
+    register_resolvers()
+    (tmp_path / "fortunes").write_text(FORTUNES, encoding="utf-8")
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["data=text", f"data.files={tmp_path / 'fortunes'}", "data.split=regex",
+                                          "data.separator='^%$'", "data.val_fraction=0.3"])
+    splits = pipeline.documents(OmegaConf.to_container(cfg.data, resolve=True))
+    assert list(splits["train"]["text"]) == ["A fortune\non two lines.", "Another one."]
+    assert list(splits["val"]["text"]) == ["The last, 100% true."]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"split": "paragraph"}, "data.split=paragraph is not a text split; choose one of: separator, regex, line,"),
+        ({"split": "regex", "separator": "(%)"}, "data.separator=(%) has a capturing group; write (?:...) instead"),
+        ({"split": "regex", "separator": "[%"}, "data.separator=[% is not a valid regex"),
+        ({"separator": ""}, "data.separator='' is empty; data.split=separator cuts the text at it"),
+    ],
+)
+def test_bad_split_is_refused_before_any_work(tmp_path, text_cfg, change, message):
+    with pytest.raises(ConfigError) as err:
+        pipeline.check_source({**text_cfg, **change})
+    assert str(err.value).startswith(message)
+
+
+def test_cached_entropy_floor_equals_the_stories_own(tmp_path):
+    """The floor in meta.json (what runs log as data/entropy_floor) is stories.entropy_floor of the validation
+    stories, each counted with its tokens plus the <|endoftext|> after it."""
+    from latentlm.data.stories import entropy_floor, generate_stories
+
+    cfg = {"source": "synthetic", "num_stories": 40, "val_stories": 25, "seed": 5}
+    cache = build_cache(tmp_path / "cache", cfg, BPE)
+    enc = cache.encoding()
+    val = generate_stories(5, pipeline.VAL_INDEX_OFFSET, 25)
+    expected = entropy_floor(val, lambda text: len(enc.encode_ordinary(text)) + 1)
+    assert cache.meta["splits"]["val"]["entropy_floor"] == pytest.approx(expected, rel=1e-12)

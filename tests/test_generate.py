@@ -1,13 +1,18 @@
 """Generation: cached decoding reproduces the full forward's choices; checkpoints rebuild their model."""
 
+import itertools
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO
+import torch.nn.functional as F
+from conftest import REPO, read_metrics, run_main, series
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from test_attention import VARIANTS, make_gpt
 
+import latentlm.generate as generate_cli
 from latentlm.generate import generate, load_checkpoint, sample_next
 
 
@@ -55,10 +60,44 @@ def test_prompt_longer_than_context_is_refused():
 
 
 def test_checkpoint_rebuilds_the_trained_model(smoke_run):
+    """The rebuilt model scores the run's validation batches as the run's last validation did (same weights,
+    same tokenizer), with the loss recomputed here."""
     model, enc = load_checkpoint(smoke_run / "checkpoints" / "last.ckpt")
     assert model.attention_name == "mla_rope" and model.vocab_size == enc.n_vocab
-    out = generate(model, [enc.encode_ordinary("Once upon a time")], 15, temperature=0)[0]
-    assert len(out) <= 15 and enc.decode(out)
+    cfg = OmegaConf.load(smoke_run / "config.yaml")
+    data = instantiate(cfg.data, _convert_="all")
+    data.setup()
+    losses = []
+    for x, y in itertools.islice(data.val_dataloader(), cfg.trainer.limit_val_batches):
+        logits = model(x)[..., : model.vocab_size]
+        losses.append(F.cross_entropy(logits.flatten(0, 1), y.flatten()))
+    logged = [v for _, v in series(read_metrics(smoke_run), "val/loss")][-1]  # the final validation, at last.ckpt
+    assert torch.stack(losses).mean().item() == pytest.approx(logged, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["ckpt=/nonexistent/best.ckpt"],
+         "error: ckpt=/nonexistent/best.ckpt is not a file; pass a .ckpt from a run's checkpoints/ folder"),
+        ([], "error: ckpt is not set; pass ckpt=<run dir>/checkpoints/best.ckpt of a latentlm.train run"),
+    ],
+)
+def test_generate_cli_bad_ckpt_is_one_line(args, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # generate writes its job log into the working directory
+    code, out, err = run_main(capsys, generate_cli._hydra_main, *args)
+    assert code == 2 and out == "" and err.strip().splitlines() == [expected]
+
+
+def test_empty_prompt_starts_from_endoftext(smoke_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    ckpt = smoke_run / "checkpoints" / "best.ckpt"
+    code, out, err = run_main(capsys, generate_cli._hydra_main, f"ckpt={ckpt}", "prompt=''", "max_new_tokens=12",
+                              "temperature=0", "device=cpu")
+    model, enc = load_checkpoint(ckpt)
+    sample = generate(model, [[enc.eot_token]], 12, temperature=0, eot=enc.eot_token)[0]
+    assert code == 0 and err == ""
+    assert out == enc.decode([t for t in sample if t != enc.eot_token]) + "\n<|endoftext|>\n"
 
 
 def test_generate_cli(smoke_run):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from latentlm.config import ConfigError
 from latentlm.data.pipeline import TokenCache, build_cache
 
 
@@ -18,8 +19,9 @@ class PackedTokens(Dataset):
         self.tokens = np.memmap(path, dtype=dtype, mode="r")
         self.seq_len = seq_len
         if len(self) == 0:
-            raise ValueError(
-                f"{path} holds {self.tokens.size} tokens, fewer than data.seq_len + 1 = {seq_len + 1}"
+            raise ConfigError(
+                f"data.seq_len={seq_len} needs {seq_len + 1} tokens a window, but the {Path(path).stem} split "
+                f"holds {self.tokens.size}; give more data or a smaller data.seq_len"
             )
 
     def __len__(self) -> int:
@@ -88,6 +90,11 @@ class StoryDataModule(L.LightningDataModule):
         self.prepare_data()
         self.train_set = PackedTokens(self.cache.split_path("train"), self.seq_len, self.cache.dtype)
         self.val_set = PackedTokens(self.cache.split_path("val"), self.seq_len, self.cache.dtype)
+        if len(self.train_set) < self.batch_size:  # training drops the last, incomplete batch: none would be left
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is more than the {len(self.train_set)} training windows of "
+                f"data.seq_len={self.seq_len} tokens; give more data or a smaller data.batch_size"
+            )
 
     @property
     def vocab_size(self) -> int:

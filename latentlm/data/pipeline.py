@@ -3,7 +3,8 @@
 The cache folder for a (data, tokenizer) config holds train.bin and val.bin (uint16/uint32 tokens, each
 document followed by <|endoftext|>), the tokenizer's rank file when one is trained, and meta.json. It is
 built in a temporary folder and renamed into place in one step, and meta.json records the fingerprint and
-the file sizes, so an interrupted build never leaves a folder that later loads as valid.
+the file sizes, so an interrupted build never leaves a folder that later loads as valid; the next build deletes
+the temporary folders that killed builds left behind.
 
 Sources: `synthetic` (the seeded story generator), `text` (the user's .txt/.jsonl files), `tinystories`
 (roneneldan/TinyStories through `datasets.load_dataset`, from the Hub, the HF cache or a local copy).
@@ -12,6 +13,7 @@ Story generation and tokenisation of large splits run in `num_proc` forked worke
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import json
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tiktoken
 
+from latentlm.config import ConfigError
 from latentlm.data.tokenizer import EOT, load_encoding, train_bpe
 
 if TYPE_CHECKING:  # imported where documents are read: reusing a cache needs no `datasets` (about 1 s to import)
@@ -85,7 +88,7 @@ def fingerprint(data_cfg: dict[str, Any], tokenizer_cfg: dict[str, Any]) -> str:
 
 _SOURCE_KEYS = {
     "synthetic": {"source", "num_stories", "val_stories", "seed"},
-    "text": {"source", "files", "separator", "val_fraction"},
+    "text": {"source", "files", "split", "separator", "val_fraction"},
     "tinystories": {"source", "path", "local_path", "num_stories", "val_stories", "separator"},
 }
 
@@ -95,12 +98,14 @@ def _file_stats(paths: Iterable[str]) -> list[tuple[str, int, float]]:
 
 
 def check_source(data_cfg: dict[str, Any]) -> None:
-    """Raise FileNotFoundError (one line naming the key and value) if the source's files are missing.
+    """Raise FileNotFoundError (one line naming the key and value) if the source's files are missing, ConfigError
+    if `text`'s data.split or data.separator cannot split them.
 
     For config validation before any work: `data.files` of `text`, `data.local_path` of `tinystories`.
     """
     if data_cfg.get("source") == "text":
         text_files(data_cfg)
+        text_splitter(data_cfg)
     elif data_cfg.get("source") == "tinystories" and data_cfg.get("local_path"):
         tinystories_files(data_cfg)
 
@@ -119,6 +124,44 @@ def text_files(data_cfg: dict[str, Any]) -> list[str]:
             raise FileNotFoundError(f"data.files={pattern} matches no file")
         found += matches
     return found
+
+
+TEXT_SPLITS = ("separator", "regex", "line", "blank_line", "file")
+
+
+def text_splitter(data_cfg: dict[str, Any]) -> Callable[[str], list[str]]:
+    r"""How data=text cuts a .txt file into documents, by data.split (a .jsonl file is one {"text": ...} a line):
+
+    - separator: at each occurrence of data.separator, taken literally (the default, <|endoftext|>);
+    - regex: at each match of data.separator, a Python regex whose ^ and $ also match at line ends;
+    - line: one document a line;
+    - blank_line: at each run of empty or whitespace-only lines (paragraphs);
+    - file: the whole file is one document.
+
+    Hydra hands data.separator over as typed (`\n` stays a backslash and an n), so a separator that spans lines is
+    a regex, which reads `\n` itself: `data.split=regex data.separator='^%$'` splits fortune files at each line
+    holding only %.
+    """
+    mode, separator = data_cfg.get("split", "separator"), data_cfg.get("separator")
+    if mode not in TEXT_SPLITS:
+        raise ConfigError(f"data.split={mode} is not a text split; choose one of: {', '.join(TEXT_SPLITS)}")
+    if mode in ("separator", "regex") and not separator:
+        raise ConfigError(f"data.separator={separator!r} is empty; data.split={mode} cuts the text at it")
+    if mode == "separator":
+        return lambda text: text.split(separator)
+    if mode == "line":
+        return lambda text: text.split("\n")
+    if mode == "file":
+        return lambda text: [text]
+    if mode == "blank_line":
+        return re.compile(r"\n\s*\n").split
+    try:
+        pattern = re.compile(separator, re.MULTILINE)
+    except re.error as err:
+        raise ConfigError(f"data.separator={separator} is not a valid regex ({err})") from None
+    if pattern.groups:  # re.split would return the groups' text as documents
+        raise ConfigError(f"data.separator={separator} has a capturing group; write (?:...) instead")
+    return pattern.split
 
 
 # A local TinyStories copy: the builder for each file format, in order of preference when a folder holds several
@@ -200,7 +243,8 @@ def build_cache(
     fp = fingerprint(data_cfg, tokenizer_cfg)
     final = Path(cache_dir) / f"{data_cfg['source']}-{fp}"
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
+    lock = _lock_and_clean(Path(cache_dir))
+    tmp.mkdir()
     try:
         log.info("building token cache %s", final)
         seconds: dict[str, float] = {}
@@ -247,7 +291,31 @@ def build_cache(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)  # releases the build's shared lock
     return load_cache(cache_dir, data_cfg, tokenizer_cfg)
+
+
+def _lock_and_clean(cache_dir: Path) -> int:
+    """Take a shared lock on cache_dir's lock file for a build, and return its descriptor (closing it unlocks).
+
+    First, if no build holds the lock, delete every temporary build folder: a build deletes its own folder when
+    it fails, but one that is killed (SIGKILL, a lost node) cannot, and its lock dies with it. While another build
+    runs, its folder is in use, so the cleanup waits for a later build. (A lock rather than a PID check, which
+    could not see a live build on another machine sharing the folder.)
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    lock = os.open(cache_dir / ".build.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pass
+    else:
+        for leftover in cache_dir.glob(".*.tmp-*"):
+            log.info("removing %s, left by an interrupted build", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+    fcntl.flock(lock, fcntl.LOCK_SH)  # turns an exclusive lock into a shared one: builds run side by side
+    return lock
 
 
 def documents(
@@ -278,15 +346,19 @@ def documents(
         return out
     if source == "text":
         texts, empty = [], 0
+        split = text_splitter(data_cfg)
         for path in text_files(data_cfg):
-            docs, skipped = _read_documents(path, data_cfg["separator"])
+            docs, skipped = _read_documents(path, split)
+            log.info("%s: %d documents (%d empty skipped)", path, len(docs), skipped)
             texts += docs
             empty += skipped
         report["empty_documents_skipped"] = empty
         n_val = max(1, round(len(texts) * data_cfg["val_fraction"]))
         if len(texts) < 2:
-            raise ValueError(
-                f"data.files holds {len(texts)} non-empty document(s); need at least 2 for train and val"
+            raise ConfigError(
+                f"data.files={data_cfg['files']} gave {len(texts)} non-empty document(s) with "
+                f"data.split={data_cfg.get('split', 'separator')}; need at least 2 (training and validation): "
+                "give more text, or cut it into more documents with data.split=line, blank_line or regex"
             )
         return {
             "train": datasets.Dataset.from_dict({"text": texts[:-n_val]}),
@@ -297,16 +369,32 @@ def documents(
     raise ValueError(f"data.source={source!r} is unknown; choose one of: {', '.join(SOURCES)}")
 
 
-def _read_documents(path: str, separator: str) -> tuple[list[str], int]:
-    """Non-empty documents of a .jsonl file (one {"text": ...} a line) or a text file split by `separator`,
+def _read_documents(path: str, split: Callable[[str], list[str]]) -> tuple[list[str], int]:
+    """Non-empty documents of a .jsonl file (one {"text": ...} a line) or a text file cut by `split`,
     and how many empty (or whitespace-only) documents were skipped."""
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".jsonl"):
-            docs = [json.loads(line)["text"] for line in f if line.strip()]
-        else:
-            docs = f.read().split(separator)
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.endswith(".jsonl"):
+                docs = [_jsonl_text(line, path) for line in f if line.strip()]
+            else:
+                docs = split(f.read())
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"data.files: {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x}: {err.reason}); "
+            "data=text reads UTF-8 .txt and .jsonl files"
+        ) from None
     kept = [d.strip() for d in docs if d.strip()]
     return kept, len(docs) - len(kept)
+
+
+def _jsonl_text(line: str, path: str) -> str:
+    try:
+        text = json.loads(line)["text"]
+    except (ValueError, TypeError, KeyError):
+        text = None
+    if not isinstance(text, str):
+        raise ConfigError(f'data.files: {path} has a line that is not {{"text": "..."}}: {line.strip()[:60]}')
+    return text
 
 
 def _tinystories(data_cfg: dict[str, Any], report: dict[str, Any]) -> dict[str, datasets.Dataset]:

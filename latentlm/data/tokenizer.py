@@ -16,10 +16,13 @@ from tiktoken.load import load_tiktoken_bpe
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tokenizers.pre_tokenizers import ByteLevel
 
+from latentlm.config import ConfigError
+
 EOT = "<|endoftext|>"
 # GPT-2's pre-tokenisation regex; HF's ByteLevel(use_regex=True) splits with the same pattern.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 KINDS = ("bpe", "gpt2", "bytes")
+BPE_MIN_VOCAB = 258
 # The files tiktoken's gpt2 encoding reads; its cache keeps each under the SHA-1 of its URL and checks its SHA-256.
 GPT2_URLS = tuple(
     f"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/{name}" for name in ("vocab.bpe", "encoder.json")
@@ -43,13 +46,21 @@ def _unicode_to_byte() -> dict[str, int]:
     return dict(zip(chars, printable + extra, strict=True))
 
 
+def check_bpe_vocab_size(vocab_size: int) -> None:
+    """Raise ConfigError unless a byte-level BPE can have `vocab_size` tokens: 256 bytes, one merge and EOT."""
+    if not isinstance(vocab_size, int) or vocab_size < BPE_MIN_VOCAB:
+        raise ConfigError(
+            f"tokenizer.vocab_size={vocab_size} is too small for a byte-level BPE: the minimum is {BPE_MIN_VOCAB} "
+            "(256 byte tokens, one merge and <|endoftext|>); tokenizer=bytes is the 257-token byte vocabulary"
+        )
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int, path: Path, show_progress: bool = False) -> Tokenizer:
     """Train a byte-level BPE of `vocab_size` tokens (including EOT) and save it as a tiktoken rank file.
 
     Returns the HF tokenizer it trained, whose encodings the saved tiktoken file reproduces.
     """
-    if vocab_size <= 257:
-        raise ValueError(f"tokenizer.vocab_size={vocab_size} must exceed 257 (256 bytes + <|endoftext|>)")
+    check_bpe_vocab_size(vocab_size)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     trainer = trainers.BpeTrainer(

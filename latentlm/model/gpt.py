@@ -104,8 +104,13 @@ class GPT(nn.Module):
     def new_caches(self, batch_size: int, max_len: int, device=None, dtype=None) -> list[KVCache]:
         return [block.attn.new_cache(batch_size, max_len, device, dtype) for block in self.blocks]
 
-    def forward(self, idx: Tensor, caches: list[KVCache] | None = None, start_pos: int = 0) -> Tensor:
-        """Logits (B, T, padded_vocab) for tokens idx (B, T) at positions start_pos.. (caches: one per layer)."""
+    def forward(
+        self, idx: Tensor, caches: list[KVCache] | None = None, start_pos: int = 0, last_only: bool = False
+    ) -> Tensor:
+        """Logits (B, T, padded_vocab) for tokens idx (B, T) at positions start_pos.. (caches: one per layer).
+
+        last_only gives the last position's logits alone, (B, 1, padded_vocab): all a prefill needs to sample from.
+        """
         T = idx.size(1)
         if start_pos + T > self.block_size:
             raise ValueError(
@@ -117,4 +122,4 @@ class GPT(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, caches[i] if caches is not None else None, start_pos)
-        return self.lm_head(self.ln_f(x))
+        return self.lm_head(self.ln_f(x[:, -1:] if last_only else x))

@@ -1,0 +1,116 @@
+"""Independent references for the attention variants, written from the papers' equations.
+
+Plain matmuls, one head (and one latent block) at a time, a hand-written causal softmax and rotary; nothing here
+imports latentlm. The tests load a module's weights into these (`gqa_weights`, `latent_weights` are the only code
+that knows how a module packs its parameters) and compare outputs in float64.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def rotary(x: Tensor, base: float = 10_000.0, start: int = 0) -> Tensor:
+    """RoFormer's rotation of x (B, T, dim) at positions start..: the pair (x_i, x_{i + dim/2}) turns by the
+    angle position * base^(-2i/dim), as a complex number times e^(i angle) (the rotate-half pairing of GPT-NeoX)."""
+    half = x.size(-1) // 2
+    freq = base ** (-2 * torch.arange(half, dtype=torch.float64) / x.size(-1))
+    angle = torch.arange(start, start + x.size(1), dtype=torch.float64)[:, None] * freq  # (T, half)
+    turned = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(angle), angle)
+    return torch.cat((turned.real, turned.imag), dim=-1)
+
+
+def causal_softmax(scores: Tensor) -> Tensor:
+    """Softmax over keys (last dim) of scores (..., T, T), each query seeing itself and the keys before it."""
+    T = scores.size(-1)
+    future = torch.arange(T)[None, :] > torch.arange(T)[:, None]
+    scores = scores.masked_fill(future, float("-inf"))
+    e = torch.exp(scores - scores.max(dim=-1, keepdim=True).values)
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def rms_norm(x: Tensor, gain: Tensor) -> Tensor:
+    return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True)) * gain
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """One head: softmax(q k^T * scale) v over (B, T, dim) tensors, causally."""
+    return causal_softmax(q @ k.transpose(-1, -2) * scale) @ v
+
+
+def reference_gqa(x: Tensor, w: dict[str, Tensor], n_head: int, n_kv_heads: int, rope: bool) -> Tensor:
+    """MHA / GQA / MQA (Vaswani et al. 2017; Ainslie et al. 2023): the K/V heads repeated to one per query head
+    (query head i reads K/V head i // (n_head / n_kv_heads)), then every head attends on its own."""
+    hd = x.size(-1) // n_head
+    q, k, v = x @ w["w_q"].T, x @ w["w_k"].T, x @ w["w_v"].T
+    k_heads = [k[..., j * hd : (j + 1) * hd] for j in range(n_kv_heads) for _ in range(n_head // n_kv_heads)]
+    v_heads = [v[..., j * hd : (j + 1) * hd] for j in range(n_kv_heads) for _ in range(n_head // n_kv_heads)]
+    outs = []
+    for i in range(n_head):
+        q_i, k_i = q[..., i * hd : (i + 1) * hd], k_heads[i]
+        if rope:
+            q_i, k_i = rotary(q_i), rotary(k_i)
+        outs.append(attend(q_i, k_i, v_heads[i], 1 / math.sqrt(hd)))
+    return torch.cat(outs, dim=-1) @ w["w_o"].T
+
+
+def reference_latent(x: Tensor, w: dict[str, Tensor], latent_scale: bool) -> Tensor:
+    """MLA (DeepSeek-V2, arXiv 2405.04434, eqs. 9-19) and MLRA's block sum (arXiv 2603.02188):
+
+        c = W_dkv x,  c_b = RMSNorm_b(block b of c) [x sqrt(d / block width) with latent_scale]
+        k_i^b = [W_uk^{b,i} c_b ; RoPE(W_kr x)],   v_i^b = W_uv^{b,i} c_b
+        q_i = [W_uq^i s ; RoPE(W_qr^i s)],  s = x, or RMSNorm(W_dq x) [x sqrt(d / its width)] with a query latent
+        o_i = sum_b softmax(q_i . k_i^b / sqrt(d_h + d_rope)) v_i^b / sqrt(n_blocks)
+        u = W_o [o_1; ...; o_H]   (times sigmoid(W_g x) before W_o when gated)
+
+    MLA is the case of one block. The weight shapes give the sizes: w_uk is (n_blocks, H, d_h, block width).
+    """
+    d = x.size(-1)
+    n_blocks, n_head, hd, width = w["w_uk"].shape
+    rope_dim = w["w_kr"].size(0)
+    gain = lambda n: math.sqrt(d / n) if latent_scale else 1.0  # noqa: E731
+    s = x if "w_dq" not in w else rms_norm(x @ w["w_dq"].T, w["q_norm"]) * gain(w["w_dq"].size(0))
+    c = x @ w["w_dkv"].T
+    k_rope = rotary(x @ w["w_kr"].T)  # one rotary key, shared by every head
+    blocks = [rms_norm(c[..., b * width : (b + 1) * width], w["kv_norm"][b]) * gain(width) for b in range(n_blocks)]
+    outs = []
+    for i in range(n_head):
+        q = torch.cat((s @ w["w_uq"][i].T, rotary(s @ w["w_qr"][i].T)), dim=-1)
+        o = sum(
+            attend(q, torch.cat((c_b @ w["w_uk"][b, i].T, k_rope), dim=-1), c_b @ w["w_uv"][b, i].T,
+                   1 / math.sqrt(hd + rope_dim))
+            for b, c_b in enumerate(blocks)
+        )
+        outs.append(o / math.sqrt(n_blocks))
+    o = torch.cat(outs, dim=-1)
+    if "w_g" in w:
+        o = o * torch.sigmoid(x @ w["w_g"].T)
+    return o @ w["w_o"].T
+
+
+# How latentlm packs its parameters: the only place the references meet the modules.
+
+
+def gqa_weights(attn: torch.nn.Module, d: int, n_kv_heads: int, hd: int) -> dict[str, Tensor]:
+    """wqkv stacks [W_q; W_k; W_v] (heads contiguous within each)."""
+    w_q, w_k, w_v = attn.wqkv.weight.split([d, n_kv_heads * hd, n_kv_heads * hd])
+    return {"w_q": w_q, "w_k": w_k, "w_v": w_v, "w_o": attn.wo.weight}
+
+
+def latent_weights(
+    attn: torch.nn.Module, n_head: int, hd: int, rope_dim: int, latent: int, q_latent: int | None, n_blocks: int
+) -> dict[str, Tensor]:
+    """w_in stacks [queries (or W_dq); W_dkv; W_kr]; queries are per head [W_uq^i; W_qr^i]; wkv_b holds, per
+    block and head, [W_uk^{b,i}; W_uv^{b,i}]."""
+    q_rows = n_head * (hd + rope_dim) if q_latent is None else q_latent
+    w_queries, w_dkv, w_kr = attn.w_in.weight.split([q_rows, latent, rope_dim])
+    w = {"w_dkv": w_dkv, "w_kr": w_kr, "kv_norm": attn.kv_norm_weight, "w_o": attn.wo.weight}
+    if q_latent is not None:
+        w.update(w_dq=w_queries, q_norm=attn.q_norm.weight)
+        w_queries = attn.wq_b.weight
+    w["w_uq"], w["w_qr"] = w_queries.view(n_head, hd + rope_dim, -1).split([hd, rope_dim], dim=1)
+    w["w_uk"], w["w_uv"] = attn.wkv_b.view(n_blocks, n_head, 2 * hd, latent // n_blocks).split(hd, dim=2)
+    if attn.wg is not None:
+        w["w_g"] = attn.wg.weight
+    return w
