@@ -47,6 +47,7 @@ GROUP_KEY_IGNORES = (
     "model.attention",  # ${attention}
     "rank",
     "seed",
+    "data.shuffle_seed",  # ${seed}: the training order
     "paths",
     "data.cache_dir",
     "data.hf_cache_dir",
@@ -283,7 +284,9 @@ def compare_runs(frame: pd.DataFrame, metric: str = "final") -> Comparison:
     variants = mean_ci(by_variant[QUANTITIES]).join(
         by_variant.agg(twin=("twin", "first"), seeds=("seed", list), runs=("run", list))
     )
-    twins = runs[runs.twin.isna() & runs["rank"].isna()]  # a twin is a baseline (no twin of its own), without latent
+    # A twin has no latent (rank NaN); it may have a twin of its own (mha_rope's is mha: RoPE against learned
+    # positions), so each row of the paired table changes one thing.
+    twins = runs[runs["rank"].isna()]
     paired = runs.merge(
         twins[["group", "attention", "seed", "loss", "acc"]].rename(
             columns={"attention": "twin", "loss": "twin_loss", "acc": "twin_acc"}

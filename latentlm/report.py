@@ -106,11 +106,12 @@ def twin_claims(comparison: Comparison) -> list[str]:
     for _, row in comparison.variants[comparison.variants.twin.notna()].iterrows():
         where = f"[{comparison.headers[row.group]}] " if several else ""
         kv = row.kv_change_pct
-        cache = (
-            "has no KV size to compare"
-            if pd.isna(kv)
-            else f"caches {abs(kv):.1f}% {'less' if kv < 0 else 'more'} than `{row.twin}`"
-        )
+        if pd.isna(kv):
+            cache = "has no KV size to compare"
+        elif round(kv, 1) == 0:
+            cache = f"caches as much as `{row.twin}`"
+        else:
+            cache = f"caches {abs(kv):.1f}% {'less' if kv < 0 else 'more'} than `{row.twin}`"
         if pd.isna(row.loss_change_n):
             paired = f"no seed of it was trained with `{row.twin}`, so there is no paired comparison"
         else:

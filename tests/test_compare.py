@@ -508,7 +508,12 @@ def test_paper_mla_is_the_papers_setup(tmp_path):
     cfg = compose_experiment("paper_mla", tmp_path)
     assert (cfg.model.d_model, cfg.model.n_layer, cfg.model.n_head, cfg.data.seq_len) == (512, 8, 8, 512)
     assert (cfg.data.num_stories, cfg.data.batch_size, cfg.trainer.max_steps) == (100_000, 64, 600)
-    assert dict(cfg.hydra.sweeper.params) == {"attention": "mla,mla_rope", "rank": "0.25,0.5", "seed": "0,1,2"}
+    assert dict(cfg.hydra.sweeper.params) == {
+        "attention": "mha,mha_rope,mla,mla_rope,mla_rope_split",  # every latent variant beside its twin
+        "rank": "0.125,0.25,0.5,1.0",
+        "seed": "0,1,2",
+    }
+    assert cfg.judge.samples == 64
     assert cfg.task_name == "paper_mla" and cfg.hydra.sweep.subdir == "mha_r0.5_s0"
     assert cfg.logger.wandb.group == f"paper_mla-{cfg.sweep_id}"  # one W&B group for the sweep dir
     assert cfg.hydra.sweep.dir.endswith(f"/paper_mla/multiruns/{cfg.sweep_id}")
@@ -527,28 +532,26 @@ def test_zoo_sweeps_every_attention_variant(name, tmp_path):
 
 
 def test_compare_a_real_smoke_multirun(data_root, tmp_path):
-    """experiment=paper_mla_smoke as documented: the MHA sweep and the latent sweep share one sweep_id."""
+    """experiment=paper_mla_smoke as documented, one command: every latent variant beside its twin."""
     sweep = tmp_path / "sweep"
-    common = ("-m", "experiment=paper_mla_smoke", "sweep_id=test", f"hydra.sweep.dir={sweep}")
-    run_train(*common, "attention=mha", "rank=0.5", root=data_root)
-    run_train(*common, root=data_root)
-    names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert names == sorted(
-        [f"mha_r0.5_s{s}" for s in (0, 1)]
-        + [f"{a}_r{r}_s{s}" for a in ("mla", "mla_rope") for r in (0.25, 0.5) for s in (0, 1)]
-    )
+    run_train("-m", "experiment=paper_mla_smoke", "sweep_id=test", f"hydra.sweep.dir={sweep}", root=data_root)
     comparison = compare.compare([str(sweep)])
     assert len(comparison.headers) == 1  # one setup: only attention, rank and seed differ
     rows = comparison.variants
-    assert list(zip(rows.attention, rows["rank"].fillna(0), rows.loss_n, strict=True)) == [
-        ("mha", 0, 2),  # no latent: rank n/a
-        ("mla", 0.5, 2),
-        ("mla", 0.25, 2),
-        ("mla_rope", 0.5, 2),
-        ("mla_rope", 0.25, 2),
+    # d_model 32, 2 layers: MHA caches 2 x 32 a layer; MLA the latent (8 or 16); MLA+RoPE + an 8-dim rotary key;
+    # the split layout two latents + the rotary key. MHA trains once per seed although the sweep lists two ranks.
+    assert list(zip(rows.attention, rows["rank"].fillna(0), rows.loss_n, rows.twin.fillna("-"), rows.kv_elements_mean,
+                    strict=True)) == [
+        ("mha", 0, 2, "-", 128),
+        ("mha_rope", 0, 2, "mha", 128),
+        ("mla", 0.5, 2, "mha", 32),
+        ("mla", 0.25, 2, "mha", 16),
+        ("mla_rope", 0.5, 2, "mha_rope", 48),
+        ("mla_rope", 0.25, 2, "mha_rope", 32),
+        ("mla_rope_split", 0.5, 2, "mha_rope", 80),
+        ("mla_rope_split", 0.25, 2, "mha_rope", 48),
     ]
-    # d_model 32, 2 layers: MHA caches 2 x 32, MLA the latent (8 or 16), MLA+RoPE the latent + an 8-dim rotary key
-    assert list(rows.kv_elements_mean) == [128, 32, 16, 48, 32]
+    assert comparison.skipped == 4  # MHA and MHA+RoPE at the second rank, two seeds each
     summaries = [json.loads((sweep / f"mla_rope_r0.5_s{s}" / "summary.json").read_text()) for s in (0, 1)]
     mla_rope = variant(comparison, "mla_rope", 0.5)
     assert mla_rope.loss_mean == pytest.approx((summaries[0]["val_loss_final"] + summaries[1]["val_loss_final"]) / 2)
