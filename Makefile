@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install train test lint results bench-data bench-train bench-decode wheelhouse clean
+.PHONY: install train test lint results paper bench-data bench-train bench-decode wheelhouse clean
 
 install: $(STAMP)
 
@@ -28,6 +28,17 @@ test: $(STAMP)
 # docs/results.md, and each experiment's tables and plots, from the run summaries in docs/results/*/runs/.
 results: $(STAMP)
 	$(PY) -m latentlm.report docs/results --out docs/results.md
+
+# The MLA small-LM paper's table on a GPU (about 25 minutes on one H100/H200): trains experiment=paper_mla, keeps
+# each trained run's summary in docs/results/paper_mla/runs/ (replacing the committed ones), then `make results`.
+SWEEP ?= $(shell date +%Y-%m-%d_%H-%M-%S)
+paper: $(STAMP)
+	$(PY) -m latentlm.train -m experiment=paper_mla sweep_id=$(SWEEP) $(ARGS)
+	rm -rf docs/results/paper_mla/runs && mkdir -p docs/results/paper_mla/runs
+	for run in logs/paper_mla/multiruns/$(SWEEP)/*/; do \
+	  grep -q '"status": "skipped"' $$run/summary.json || cp $$run/summary.json docs/results/paper_mla/runs/$$(basename $$run).json; \
+	done
+	$(MAKE) results
 
 # Benchmarks print a table and write JSON (and plots) under docs/; meant for a GPU, they also run on a CPU.
 bench-data: $(STAMP)

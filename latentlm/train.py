@@ -110,6 +110,11 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         trainer_cfg, callbacks=callbacks, logger=loggers, enable_progress_bar=interactive
     )
     compile_mode = cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
+    if compile_mode is not None:
+        # Every job of a sweep compiles from scratch. Otherwise torch.compile, seeing a second model of other
+        # sizes in the same process, marks them dynamic: later jobs would train with other (symbolic-shape) kernels
+        # than the first, and on an H200 that recompilation under CUDA graphs segfaulted.
+        torch._dynamo.reset()
     module = LitGPT(
         net,
         instantiate(cfg.optimizer),
