@@ -72,7 +72,7 @@ def check_cli_keys(argv: list[str]) -> None:
     for key in keys:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if isinstance(node, DictConfig) and leaf not in node:
+        if isinstance(node, DictConfig) and leaf not in list(node):  # `in` is False for ??? (missing) values
             close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
             hint = f"did you mean {'.'.join(filter(None, (parent, close[0])))}?" if close else "no such key"
             raise ConfigError(f"{key} is not a config key: {hint} (+{key}=... adds a new key)")

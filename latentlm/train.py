@@ -58,6 +58,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except Diverged as err:
         log.error("diverged: %s", err)
         summary |= {"status": "diverged", "error": str(err), "steps": err.step}
+    except ConfigError:
+        raise  # bad input found while reading it (e.g. a text file): one line, no run
     except Exception as err:
         summary |= {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]}
         _write_summary(out_dir, summary | {"wall_time_s": time.time() - started})
@@ -75,7 +77,7 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     from latentlm.callbacks import PlainProgress, StopOnNonFinite, Throughput, train_flops_per_token
     from latentlm.lit import LitGPT
 
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup()
     datamodule.export_tokenizer(out_dir)
@@ -288,9 +290,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def _remove_run_dir_left_empty() -> None:
-    """Hydra makes the run dir before the config is checked: remove it again if it holds only Hydra's files."""
+    """Hydra makes the run dir before the config is checked: remove it again if it holds only Hydra's files and
+    the config (bad input found while reading data comes after config.yaml is written)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+    if all(p.name in (".hydra", "config.yaml") or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)
 
 

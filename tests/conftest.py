@@ -5,6 +5,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning  # noqa: F401  (imported first here: its log handlers keep the real stderr, not a test's capture)
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
