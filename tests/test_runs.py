@@ -120,34 +120,35 @@ def test_bad_key_or_value_is_one_line_and_leaves_no_run_dir(overrides, expected,
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*.yaml"))
 
 
-def test_resume_refuses_a_longer_budget(data_root, tmp_path):
-    first = tmp_path / "first"
-    run_train("experiment=smoke", "trainer.max_steps=10", f"hydra.run.dir={first}", root=data_root)
+def test_resume_refuses_a_longer_budget(smoke_run, data_root, tmp_path):
     proc = run_train(
-        "experiment=smoke", "trainer.max_steps=20", f"ckpt_path={first}/checkpoints/last.ckpt",
-        f"hydra.run.dir={tmp_path / 'longer'}", root=data_root, check=False,
+        "experiment=smoke", "attention=mla_rope", "trainer.max_steps=40",
+        f"ckpt_path={smoke_run}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path / 'longer'}",
+        root=data_root, check=False,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: trainer.max_steps=20 differs from the resumed run's 10; resuming continues its schedule, "
-        "so keep trainer.max_steps=10 (train longer in a new run)"
+        "error: trainer.max_steps=40 differs from the resumed run's 30; resuming continues its schedule, "
+        "so keep trainer.max_steps=30 (train longer in a new run)"
     )
 
 
 def test_resume_after_a_crash_is_exact(data_root, tmp_path):
-    """Crash after step 25, resume from step 20's checkpoint: the 40-step run ends with the uninterrupted weights.
+    """Crash after step 15, resume from step 10's checkpoint: the run ends with the uninterrupted run's weights.
+
+    The data order, the learning-rate schedule and the optimizer state must all come back for the weights to match.
     """
-    common = ("experiment=smoke", "trainer.max_steps=40", "trainer.val_check_interval=20")
+    common = ("experiment=smoke", "trainer.max_steps=20", "trainer.val_check_interval=10")
     every_10 = ["+callbacks.every_10._target_=lightning.pytorch.callbacks.ModelCheckpoint",
                 "+callbacks.every_10.every_n_train_steps=10", "+callbacks.every_10.save_top_k=-1",
                 "+callbacks.every_10.filename='step{step}'", "+callbacks.every_10.auto_insert_metric_name=false"]
     whole, crashed, resumed = tmp_path / "whole", tmp_path / "crashed", tmp_path / "resumed"
     run_train(*common, f"hydra.run.dir={whole}", root=data_root)
     proc = run_train(*common, *every_10, f"+callbacks.every_10.dirpath={crashed}/steps",
-                     "+callbacks.crash._target_=tests.crash.CrashAt", "+callbacks.crash.step=25",
+                     "+callbacks.crash._target_=tests.crash.CrashAt", "+callbacks.crash.step=15",
                      f"hydra.run.dir={crashed}", root=data_root, check=False)
-    assert proc.returncode != 0 and not (crashed / "checkpoints" / "step40.ckpt").exists()
-    run_train(*common, f"ckpt_path={crashed}/steps/step20.ckpt", f"hydra.run.dir={resumed}", root=data_root)
+    assert proc.returncode != 0 and not (crashed / "steps" / "step20.ckpt").exists()
+    run_train(*common, f"ckpt_path={crashed}/steps/step10.ckpt", f"hydra.run.dir={resumed}", root=data_root)
     final = {name: torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
              for name, d in (("whole", whole), ("resumed", resumed))}
     for key, value in final["whole"].items():
