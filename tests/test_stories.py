@@ -63,6 +63,44 @@ def test_generator_version_pins_the_texts():
     assert digest([s.text for s in generate_stories(0, 0, 100)]) == PINNED[GENERATOR_VERSION]
 
 
+# Exact stories of seed 0 (index: sha256 of the text, its start, its logp), and the floors of fixed sets, computed
+# from the generator before it became a package: a refactoring must keep every one of them bit-identical.
+PINNED_STORIES = {
+    0: ("634046dbc493d24922a1a13435489613ff0bcb5e320dd21cebab6e36628b4f1c",
+        "There was once a speedy squirrel named Megan. She lived in a", -84.44576058336342),
+    1: ("87ab8b4b57279f84ee75a17947b7381f5685b71cca0bc916d52f3d28f3f45909",
+        "Once upon a time, there was a strong chipmunk named Laura. S", -90.42773141623215),
+    7: ("7f2e1e4d9dc3ace4b9bd81628e39687e726679c5660c6b09703073f98f99d738",
+        "Once upon a time, in a big green forest, there lived a carin", -88.23030649831624),
+    12345: ("02c4b09dabefb9906e5058fe622bdea888a2d0ba08557644399d65a5377d4e3b",
+            "One sunny afternoon, a sweet horse named Luna jumped out of ", -105.29722587082495),
+}
+PINNED_SAMPLE_FLOOR = 0.11256367116528741  # entropy_floor of stories 0..999 of seed 0, in nats per character
+PINNED_REDUCED_FLOOR = 0.013431200540569233  # the exact floor of REDUCED_GRAMMAR, nats per character
+
+
+def _exact_floor(stories: list[Story]) -> float:
+    """Entropy over expected length, from every story of an enumerable grammar with its probability."""
+    return (math.fsum(-math.exp(s.logp) * s.logp for s in stories)
+            / math.fsum(math.exp(s.logp) * len(s.text) for s in stories))
+
+
+@pytest.mark.parametrize("index", sorted(PINNED_STORIES))
+def test_pinned_stories_and_logps(index):
+    sha, start, logp = PINNED_STORIES[index]
+    story = generate_story(0, index)
+    assert story.text[:60] == start
+    assert hashlib.sha256(story.text.encode()).hexdigest() == sha
+    assert story.logp == logp
+    assert story_logprob(story.text) == logp
+
+
+def test_pinned_entropy_floors(reduced):
+    assert entropy_floor(generate_stories(0, 0, 1000), len) == PINNED_SAMPLE_FLOOR
+    assert len(reduced) == 45_600
+    assert _exact_floor(reduced) == PINNED_REDUCED_FLOOR
+
+
 def test_same_stories_in_a_fresh_process_with_another_hash_seed():
     code = "from latentlm.data.stories import generate_stories as g; print([s.logp for s in g(9, 10**12, 5)])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -223,8 +261,7 @@ def test_reduced_grammar_is_enumerable_unambiguous_and_normalised(reduced):
 
 
 def test_entropy_floor_matches_enumeration(reduced):
-    exact = (math.fsum(-math.exp(s.logp) * s.logp for s in reduced)
-             / math.fsum(math.exp(s.logp) * len(s.text) for s in reduced))
+    exact = _exact_floor(reduced)
     sample = generate_stories(5, 0, 20_000, grammar=REDUCED_GRAMMAR)
     assert entropy_floor(sample, len) == pytest.approx(exact, rel=0.01)
     assert entropy_floor([Story("ab", -2.0), Story("abcd", -4.0)], len) == 1.0
