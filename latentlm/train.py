@@ -73,6 +73,7 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     import torch
 
     from latentlm.callbacks import PlainProgress, StopOnNonFinite, Throughput, train_flops_per_token
+    from latentlm.data.tokenizer import run_tokenizer
     from latentlm.lit import LitGPT
 
     L.seed_everything(cfg.seed, workers=True)
@@ -80,7 +81,10 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     datamodule.setup()
     datamodule.export_tokenizer(out_dir)
     build_net = partial(instantiate, cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
-    net = build_net()
+    cuda = torch.cuda.is_available()
+    compile_mode = cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
+    module = LitGPT.from_config(cfg, datamodule.vocab_size, run_tokenizer(out_dir), compile_mode=compile_mode)
+    net = module.net
     log.info(
         "model: %s, attention=%s rank=%s: %s parameters (%s non-embedding), KV cache %d elements/token",
         HydraConfig.get().runtime.choices.model,
@@ -91,7 +95,6 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         net.kv_cache_elements(),
     )
 
-    cuda = torch.cuda.is_available()
     if cuda:
         torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls left under bf16 autocast
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -108,15 +111,6 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
     trainer = instantiate(
         trainer_cfg, callbacks=callbacks, logger=loggers, enable_progress_bar=interactive
-    )
-    compile_mode = cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
-    module = LitGPT(
-        net,
-        instantiate(cfg.optimizer),
-        cfg.scheduler.warmup_steps,
-        cfg.scheduler.min_lr_ratio,
-        cfg.label_smoothing,
-        compile_mode=compile_mode,
     )
     hparams = {
         **_identity(cfg),

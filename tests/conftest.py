@@ -9,6 +9,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 REPO = Path(__file__).resolve().parent.parent
+SHORT_RUN = ("experiment=smoke", "trainer.max_steps=6", "trainer.val_check_interval=3")  # two validations
 
 
 def run_train(
@@ -70,4 +71,12 @@ def smoke_run(data_root, tmp_path_factory) -> Path:
     """One finished CLI run (mla_rope at rank 0.5) that several tests read."""
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     run_train("experiment=smoke", "attention=mla_rope", "rank=0.5", f"hydra.run.dir={run_dir}", root=data_root)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def compiled_run(data_root, tmp_path_factory) -> Path:
+    """One finished SHORT_RUN trained with compile=true (torch.compile also runs on CPU; it takes a minute or two)."""
+    run_dir = tmp_path_factory.mktemp("compiled") / "run"
+    run_train(*SHORT_RUN, "compile=true", f"hydra.run.dir={run_dir}", root=data_root, timeout=600)
     return run_dir

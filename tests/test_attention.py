@@ -26,9 +26,14 @@ def attention_cfg(name: str, rank: float = 0.5, **extra) -> dict:
     return att
 
 
+def gpt_config(name: str, rank: float = 0.5, **extra) -> dict:
+    """The test GPT's keyword arguments but vocab_size (what LitGPT takes as `model`), attention `name`."""
+    return dict(d_model=D, n_layer=LAYERS, n_head=H, block_size=CTX, attention=attention_cfg(name, rank, **extra))
+
+
 def make_gpt(name: str, rank: float = 0.5, dtype=torch.float64, seed: int = 0, **extra) -> GPT:
     torch.manual_seed(seed)
-    return GPT(VOCAB, D, LAYERS, H, CTX, attention_cfg(name, rank, **extra)).to(dtype).eval()
+    return GPT(VOCAB, **gpt_config(name, rank, **extra)).to(dtype).eval()
 
 
 def decode_logits(model: GPT, idx: torch.Tensor, chunks: list[int]) -> torch.Tensor:

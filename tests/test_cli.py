@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, read_metrics, run_main, run_train, series
+from conftest import REPO, SHORT_RUN, read_metrics, run_main, run_train, series
 
 import latentlm.train as train_cli
 
@@ -169,19 +169,9 @@ def test_every_attention_variant_trains_through_the_cli(data_root, tmp_path):
         assert val[-1] < val[0] - 0.2, (name, val)
 
 
-def test_compiled_training_matches_eager(data_root, tmp_path):
+def test_compiled_training_matches_eager(compiled_run, data_root, tmp_path):
     """The GPU path compiles model + loss (torch.compile also runs on CPU): same losses as eager training."""
-    finals = {}
-    for compiled in ("true", "false"):
-        run_dir = tmp_path / compiled
-        run_train(
-            "experiment=smoke",
-            f"compile={compiled}",
-            "trainer.max_steps=6",
-            "trainer.val_check_interval=3",
-            f"hydra.run.dir={run_dir}",
-            root=data_root,
-            timeout=600,
-        )
-        finals[compiled] = json.loads((run_dir / "summary.json").read_text())["val_loss_final"]
-    assert finals["true"] == pytest.approx(finals["false"], rel=1e-4)
+    eager = tmp_path / "eager"
+    run_train(*SHORT_RUN, "compile=false", f"hydra.run.dir={eager}", root=data_root)
+    finals = {run: json.loads((run / "summary.json").read_text())["val_loss_final"] for run in (compiled_run, eager)}
+    assert finals[compiled_run] == pytest.approx(finals[eager], rel=1e-4)
