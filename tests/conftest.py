@@ -6,10 +6,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
 
 REPO = Path(__file__).resolve().parent.parent
 SHORT_RUN = ("experiment=smoke", "trainer.max_steps=6", "trainer.val_check_interval=3")  # two validations
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The one rule for `@pytest.mark.gpu` tests: skipped, not failed, where CUDA is absent."""
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (make test-gpu on a GPU machine)")
 
 
 def run_train(

@@ -51,7 +51,7 @@ def use_decode_path(model: GPT, path: str) -> None:
 
 def decode_logits(model: GPT, idx: torch.Tensor, chunks: list[int]) -> torch.Tensor:
     """Prefill chunks[0] tokens, then feed the rest in chunks of the given sizes (1 = one decode step)."""
-    caches = model.new_caches(idx.size(0), CTX, dtype=next(model.parameters()).dtype)
+    caches = model.new_caches(idx.size(0), CTX, idx.device, next(model.parameters()).dtype)
     out, pos = [], 0
     for n in chunks:
         out.append(model(idx[:, pos : pos + n], caches, pos))

@@ -190,7 +190,7 @@ def test_generate_cli(smoke_run):
     assert bad_dtype.returncode == 2 and "dtype=int8 is not one of auto, float32" in bad_dtype.stderr
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled decode step is for GPUs")
+@pytest.mark.gpu  # the compiled decode step is for GPUs
 @pytest.mark.parametrize("name", ["mha", "mla_rope", "mlra"])
 def test_compiled_decode_step_generates_what_eager_does(name):
     model = make_gpt(name, dtype=torch.float32).cuda()

@@ -53,6 +53,21 @@ def test_cached_decode_equals_full_forward(layout, path):
     assert ((inc - full).norm() / full.norm()).item() <= 1e-10
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["split", "split_blocks"])
+def test_split_layout_decodes_on_gpu_in_bf16(layout):
+    """Split rows take SDPA over the cache on a GPU too (the Triton kernel reads joint rows only): in bf16, every
+    decode path gives the fp32 CPU model's logits to bf16's precision (about 5e-3 here)."""
+    reference = make_gpt(dtype=torch.float32, **LAYOUTS[layout])
+    model = make_gpt(dtype=torch.bfloat16, **LAYOUTS[layout]).cuda()
+    idx = torch.randint(0, VOCAB, (3, 40))
+    with torch.inference_mode():
+        expected = reference(idx)
+        for path in DECODE_PATHS:
+            logits = path_logits(model, idx.cuda(), path).float().cpu()
+            assert ((logits - expected).norm() / expected.norm()).item() < 2e-2, path
+
+
 def rotate(x: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:
     """RoPE (rotate-half layout) of x (B, T, ..., dim) at positions 0..T-1."""
     dim, T = x.size(-1), x.size(1)
