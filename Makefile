@@ -25,6 +25,12 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
+# GPU-only tests (CUDA graphs, bf16, the Triton decode kernel); `make test` skips them where CUDA is absent. Needs no
+# venv: on a GPU node, after the wheelhouse's install line, it runs `python3 -m pytest -q -m gpu` (pytest is in the
+# node's image). With the venv: make test-gpu PYTHON=.venv/bin/python
+test-gpu:
+	$(PYTHON) -m pytest -q -m gpu $(ARGS)
+
 # docs/results.md, and each experiment's tables and plots, from the run summaries in docs/results/*/runs/.
 results: $(STAMP)
 	$(PY) -m latentlm.report docs/results --out docs/results.md

@@ -2,10 +2,10 @@
 
     python -m latentlm.generate ckpt=logs/train/runs/<run>/checkpoints/best.ckpt prompt="Once upon a time"
 
-The run's resolved config (config.yaml) and tokenizer sit beside its checkpoints/ folder, so a checkpoint
-rebuilds its own model. Generation prefills the prompts, then decodes one token a step through each attention
-variant's own cache; temperature=0 is greedy and deterministic. An empty prompt (prompt='') starts from
-<|endoftext|>, which precedes every document in training, so it samples whole documents.
+A checkpoint holds its model's config and its tokenizer, so it rebuilds its own model wherever it is copied to.
+Generation prefills the prompts, then decodes one token a step through each attention variant's own cache;
+temperature=0 is greedy and deterministic. An empty prompt (prompt='') starts from <|endoftext|>, which precedes
+every document in training, so it samples whole documents.
 """
 
 import logging
@@ -15,12 +15,12 @@ from pathlib import Path
 import hydra
 import tiktoken
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from latentlm.config import CONFIG_DIR, ConfigError, fail
-from latentlm.data.tokenizer import load_run_encoding
+from latentlm.data.tokenizer import run_tokenizer, tokenizer_encoding
+from latentlm.lit import LitGPT
 from latentlm.model import GPT
 
 log = logging.getLogger(__name__)
@@ -29,19 +29,30 @@ log = logging.getLogger(__name__)
 def load_checkpoint(
     ckpt: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[GPT, tiktoken.Encoding]:
-    """The model (eval mode, on `device`, in `dtype`) and tokenizer of a checkpoint written by latentlm.train."""
+    """The model (eval mode, on `device`, in `dtype`) and tokenizer of a checkpoint written by latentlm.train, from
+    the checkpoint alone (LitGPT saves both in it), or for an older checkpoint from its run dir."""
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise ConfigError(f"ckpt={ckpt} is not a file; pass a .ckpt from a run's checkpoints/ folder")
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    module = LitGPT(**checkpoint["hyper_parameters"]) if "hyper_parameters" in checkpoint else _from_run_dir(ckpt)
+    if module.hparams.tokenizer is None:
+        raise ConfigError(f"ckpt={ckpt} has no tokenizer to write text with: its run trained on random tokens")
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.net.to(device=device, dtype=dtype).eval(), tokenizer_encoding(module.hparams.tokenizer)
+
+
+def _from_run_dir(ckpt: Path) -> LitGPT:
+    """The module of a checkpoint written before LitGPT saved its config and tokenizer, from the config.yaml and
+    tokenizer files of its run dir (the folder above its checkpoints/ folder)."""
     run_dir = ckpt.resolve().parent.parent
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"ckpt={ckpt}: no config.yaml in its run dir {run_dir}; was it written by latentlm.train?")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    encoding = load_run_encoding(run_dir)
-    model: GPT = instantiate(cfg.model, vocab_size=encoding.n_vocab, _convert_="all")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    model.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    return model.to(device=device, dtype=dtype).eval(), encoding
+    tokenizer = run_tokenizer(run_dir)
+    if tokenizer is None or not (run_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"ckpt={ckpt} holds no model config and tokenizer (it predates checkpoints that keep them), and its "
+            f"run dir {run_dir} has no config.yaml and tokenizer.json either; load it from its run's checkpoints/"
+        )
+    return LitGPT.from_config(OmegaConf.load(run_dir / "config.yaml"), tokenizer["vocab_size"], tokenizer)
 
 
 def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,

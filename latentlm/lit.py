@@ -1,10 +1,16 @@
-"""The LightningModule: label-smoothed training loss, plain-CE validation, AdamW with warmup + cosine."""
+"""The LightningModule: label-smoothed training loss, plain-CE validation, AdamW with warmup + cosine.
 
-from collections.abc import Callable
+A checkpoint rebuilds its module on its own: the hyperparameters (the GPT's config, the optimizer and schedule
+settings, the tokenizer) are saved in it, so `LitGPT.load_from_checkpoint(path)` needs no run dir.
+"""
+
+from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torchmetrics import SumMetric
@@ -16,16 +22,23 @@ from latentlm.model import GPT
 class LitGPT(L.LightningModule):
     def __init__(
         self,
-        net: GPT,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        model: dict[str, Any],
+        vocab_size: int,
+        optimizer: dict[str, Any],
         warmup_steps: int,
         min_lr_ratio: float,
         label_smoothing: float = 0.1,
+        tokenizer: dict[str, Any] | None = None,
         compile_mode: str | None = None,
     ):
+        """`model`: GPT's keyword arguments but vocab_size (a model config without `_target_`: loading a checkpoint
+        calls no class it names). `optimizer`: a `_partial_` torch.optim config (configs/optimizer/).
+        `tokenizer`: the run's tokenizer (latentlm.data.tokenizer.run_tokenizer), kept so a checkpoint decodes
+        text on its own. `compile_mode` is how this process trains, not part of the model: it is not saved, and a
+        loaded module runs eagerly."""
         super().__init__()
-        self.net = net
-        self.optimizer_factory = optimizer
+        self.save_hyperparameters(ignore=["compile_mode"], logger=False)  # train.py logs the whole config
+        self.net = GPT(vocab_size=vocab_size, **model)
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.label_smoothing = label_smoothing
         # Sums over every validation token, so val/loss is the token-weighted mean over the whole split.
@@ -37,6 +50,26 @@ class LitGPT(L.LightningModule):
             # model. torch.compile is lazy: nothing is compiled before the first step, on whatever device.
             self._train_loss = torch.compile(self._train_loss, mode=compile_mode)
             self._val_metrics = torch.compile(self._val_metrics, mode=compile_mode)
+
+    @classmethod
+    def from_config(
+        cls, cfg: DictConfig, vocab_size: int, tokenizer: dict[str, Any] | None, compile_mode: str | None = None
+    ) -> "LitGPT":
+        """The module a train config describes (configs/train.yaml composed, or a run's config.yaml)."""
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        target = model.pop("_target_")
+        if get_class(target) is not GPT:
+            raise ConfigError(f"model._target_={target}: LitGPT builds latentlm.model.GPT only")
+        return cls(
+            model,
+            vocab_size,
+            OmegaConf.to_container(cfg.optimizer, resolve=True),
+            cfg.scheduler.warmup_steps,
+            cfg.scheduler.min_lr_ratio,
+            cfg.label_smoothing,
+            tokenizer,
+            compile_mode,
+        )
 
     def _logits(self, x: Tensor) -> Tensor:
         """Logits over the real vocab (B * T, V) in fp32 for the losses."""
@@ -78,6 +111,9 @@ class LitGPT(L.LightningModule):
         checkpoint["max_steps"] = self.trainer.max_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.val_history = checkpoint.get("val_history", [])
+        if self._trainer is None:  # LitGPT.load_from_checkpoint: the model alone, no run to continue
+            return
         # The restored schedule was built for the checkpoint's budget: a longer one would restart the cosine
         # (the lr climbs back up), which is a new run, not a resumed one.
         saved = checkpoint.get("max_steps", self.trainer.max_steps)
@@ -86,7 +122,6 @@ class LitGPT(L.LightningModule):
                 f"trainer.max_steps={self.trainer.max_steps} differs from the resumed run's {saved}; resuming "
                 f"continues its schedule, so keep trainer.max_steps={saved} (train longer in a new run)"
             )
-        self.val_history = checkpoint.get("val_history", [])
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Lightning's AMP plugin refuses to clip for fused optimizers, a guard for fp16 loss scaling. bf16-mixed
@@ -101,7 +136,7 @@ class LitGPT(L.LightningModule):
         decay, plain = [], []
         for name, p in self.net.named_parameters():
             (plain if name in plain_names else decay).append(p)
-        optimizer = self.optimizer_factory(
+        optimizer = instantiate(self.hparams.optimizer)(
             [{"params": decay}, {"params": plain, "weight_decay": 0.0}], fused=self.device.type == "cuda"
         )
         total = self.trainer.max_steps

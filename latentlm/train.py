@@ -75,6 +75,7 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     import torch
 
     from latentlm.callbacks import PlainProgress, StopOnNonFinite, Throughput, train_flops_per_token
+    from latentlm.data.tokenizer import run_tokenizer
     from latentlm.lit import LitGPT
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -82,7 +83,15 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     datamodule.setup()
     datamodule.export_tokenizer(out_dir)
     build_net = partial(instantiate, cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
-    net = build_net()
+    cuda = torch.cuda.is_available()
+    compile_mode = cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
+    if compile_mode is not None:
+        # Every job of a sweep compiles from scratch. Otherwise torch.compile, seeing a second model of other
+        # sizes in the same process, marks them dynamic: later jobs would train with other (symbolic-shape) kernels
+        # than the first, and on an H200 that recompilation under CUDA graphs segfaulted.
+        torch._dynamo.reset()
+    module = LitGPT.from_config(cfg, datamodule.vocab_size, run_tokenizer(out_dir), compile_mode=compile_mode)
+    net = module.net
     log.info(
         "model: %s, attention=%s rank=%s: %s parameters (%s non-embedding), KV cache %d elements/token",
         HydraConfig.get().runtime.choices.model,
@@ -93,7 +102,6 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         net.kv_cache_elements(),
     )
 
-    cuda = torch.cuda.is_available()
     if cuda:
         torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls left under bf16 autocast
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -110,20 +118,6 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
     trainer = instantiate(
         trainer_cfg, callbacks=callbacks, logger=loggers, enable_progress_bar=interactive
-    )
-    compile_mode = cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
-    if compile_mode is not None:
-        # Every job of a sweep compiles from scratch. Otherwise torch.compile, seeing a second model of other
-        # sizes in the same process, marks them dynamic: later jobs would train with other (symbolic-shape) kernels
-        # than the first, and on an H200 that recompilation under CUDA graphs segfaulted.
-        torch._dynamo.reset()
-    module = LitGPT(
-        net,
-        instantiate(cfg.optimizer),
-        cfg.scheduler.warmup_steps,
-        cfg.scheduler.min_lr_ratio,
-        cfg.label_smoothing,
-        compile_mode=compile_mode,
     )
     hparams = {
         **_identity(cfg),

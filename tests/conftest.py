@@ -7,9 +7,17 @@ from pathlib import Path
 
 import lightning  # noqa: F401  (imported first here: its log handlers keep the real stderr, not a test's capture)
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
 
 REPO = Path(__file__).resolve().parent.parent
+SHORT_RUN = ("experiment=smoke", "trainer.max_steps=6", "trainer.val_check_interval=3")  # two validations
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The one rule for `@pytest.mark.gpu` tests: skipped, not failed, where CUDA is absent."""
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (make test-gpu on a GPU machine)")
 
 
 def run_train(
@@ -71,4 +79,12 @@ def smoke_run(data_root, tmp_path_factory) -> Path:
     """One finished CLI run (mla_rope at rank 0.5) that several tests read."""
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     run_train("experiment=smoke", "attention=mla_rope", "rank=0.5", f"hydra.run.dir={run_dir}", root=data_root)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def compiled_run(data_root, tmp_path_factory) -> Path:
+    """One finished SHORT_RUN trained with compile=true (torch.compile also runs on CPU; it takes a minute or two)."""
+    run_dir = tmp_path_factory.mktemp("compiled") / "run"
+    run_train(*SHORT_RUN, "compile=true", f"hydra.run.dir={run_dir}", root=data_root, timeout=600)
     return run_dir

@@ -12,6 +12,7 @@ from references import gqa_weights, latent_weights, reference_gqa, reference_lat
 from latentlm.config import CONFIG_DIR, group_choices, register_resolvers
 from latentlm.model import GPT, KVCache
 from latentlm.model.attention import Attention, build_attention
+from latentlm.model.attention.latent import LatentAttention
 
 register_resolvers()
 VARIANTS = group_choices("attention")
@@ -26,14 +27,31 @@ def attention_cfg(name: str, rank: float = 0.5, **extra) -> dict:
     return att
 
 
+def gpt_config(name: str, rank: float = 0.5, **extra) -> dict:
+    """The test GPT's keyword arguments but vocab_size (what LitGPT takes as `model`), attention `name`."""
+    return dict(d_model=D, n_layer=LAYERS, n_head=H, block_size=CTX, attention=attention_cfg(name, rank, **extra))
+
+
 def make_gpt(name: str, rank: float = 0.5, dtype=torch.float64, seed: int = 0, **extra) -> GPT:
     torch.manual_seed(seed)
-    return GPT(VOCAB, D, LAYERS, H, CTX, attention_cfg(name, rank, **extra)).to(dtype).eval()
+    return GPT(VOCAB, **gpt_config(name, rank, **extra)).to(dtype).eval()
+
+
+# Which chunks of cached queries latent layers attend to absorbed: (absorb, absorb_max_tokens). "mixed" sends
+# chunks of up to 4 tokens (decode steps, short chunks) through the absorbed path and longer ones through the naive.
+DECODE_PATHS = {"absorbed": (True, CTX), "mixed": (True, 4), "naive": (False, CTX)}
+CHUNKS = [9, 1, 5, 3, *([1] * 22)]  # prefill, a step, chunks on both sides of "mixed"'s 4, steps: 40 tokens
+
+
+def use_decode_path(model: GPT, path: str) -> None:
+    for block in model.blocks:
+        if hasattr(block.attn, "absorb"):
+            block.attn.absorb, block.attn.absorb_max_tokens = DECODE_PATHS[path]
 
 
 def decode_logits(model: GPT, idx: torch.Tensor, chunks: list[int]) -> torch.Tensor:
     """Prefill chunks[0] tokens, then feed the rest in chunks of the given sizes (1 = one decode step)."""
-    caches = model.new_caches(idx.size(0), CTX, dtype=next(model.parameters()).dtype)
+    caches = model.new_caches(idx.size(0), CTX, idx.device, next(model.parameters()).dtype)
     out, pos = [], 0
     for n in chunks:
         out.append(model(idx[:, pos : pos + n], caches, pos))
@@ -48,25 +66,67 @@ def test_cached_decode_equals_full_forward(name, dtype, tol):
     model = make_gpt(name, dtype=dtype)
     idx = torch.randint(0, VOCAB, (3, 40))
     full = model(idx)
-    for absorb in (True, False):
-        for block in model.blocks:
-            if hasattr(block.attn, "absorb"):
-                block.attn.absorb = absorb
-        inc = decode_logits(model, idx, [9, 1, 5, *([1] * 25)])  # prefill, step, a chunk, steps
-        assert ((inc - full).norm() / full.norm()).item() <= tol
+    for path in DECODE_PATHS:
+        use_decode_path(model, path)
+        inc = decode_logits(model, idx, CHUNKS)
+        assert ((inc - full).norm() / full.norm()).item() <= tol, path
 
 
 @pytest.mark.parametrize("name", [n for n in VARIANTS if attention_cfg(n)["type"] == "latent"])
 @pytest.mark.parametrize("rank", [0.25, 1.0])
 def test_absorbed_equals_naive(name, rank):
     model = make_gpt(name, rank=rank, q_rank=0.5)
-    idx = torch.randint(0, VOCAB, (2, 30))
+    idx = torch.randint(0, VOCAB, (2, 40))
     logits = {}
-    for absorb in (True, False):
-        for block in model.blocks:
-            block.attn.absorb = absorb
-        logits[absorb] = decode_logits(model, idx, [12, *([1] * 18)])
-    torch.testing.assert_close(logits[True], logits[False], rtol=1e-10, atol=1e-12)
+    for path in DECODE_PATHS:
+        use_decode_path(model, path)
+        logits[path] = decode_logits(model, idx, CHUNKS)
+    torch.testing.assert_close(logits["absorbed"], logits["naive"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(logits["mixed"], logits["naive"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, 85),  # MLA+RoPE: c = 256, d_h = 64: T < c d_h / (c - d_h) = 85.3
+        ({"kv_latent": "split"}, 85),  # split latents cost the same per position
+        ({"rank": 1.0}, 73),  # c = 512: T < 512 * 64 / 448 = 73.1
+        ({"rank": 0.25}, 127),  # c = 128: T < 128 * 64 / 64 = 128
+        ({"rope_in_head": True}, 59),  # d_nope = 32: T (2c - 32 - 64) < c (32 + 64): T < 59.1
+        ({"n_blocks": 4}, 512),  # MLRA-4: c = 64 = d_h, absorbed never costs more: any chunk up to the context
+    ],
+)
+def test_absorb_max_tokens_defaults_to_the_flop_crossover(options, expected):
+    """For the 30m model's layer (d_model 512, 8 heads, context 512) at rank 0.5 unless set: the largest chunk
+    for which the absorbed path's attention FLOPs are fewer than the naive path's decompression plus attention."""
+    assert LatentAttention(512, 8, 512, **options).absorb_max_tokens == expected
+
+
+def test_a_cached_chunk_longer_than_absorb_max_tokens_takes_the_naive_path(monkeypatch):
+    model = make_gpt("mla_rope")
+    attn = model.blocks[0].attn
+    assert attn.absorb_max_tokens == 31  # c = 32, d_nope = d_h = 16: T < 32 * 32 / (64 - 32)
+    calls = []
+
+    def spy(method: str) -> None:
+        original = getattr(attn, method)
+
+        def recorded(q_nope, *args):
+            calls.append((method, q_nope.size(1)))
+            return original(q_nope, *args)
+
+        monkeypatch.setattr(attn, method, recorded)
+
+    spy("_attend_naive")
+    spy("_attend_absorbed")
+    idx = torch.randint(0, VOCAB, (1, 40))
+    caches = model.new_caches(1, CTX, dtype=torch.float64)
+    model(idx[:, :32], caches, 0)
+    model(idx[:, 32:33], caches, 32)
+    model(idx[:, 33:40], caches, 33)
+    caches = model.new_caches(1, CTX, dtype=torch.float64)
+    model(idx[:, :31], caches, 0)
+    assert calls == [("_attend_naive", 32), ("_attend_absorbed", 1), ("_attend_absorbed", 7), ("_attend_absorbed", 31)]
 
 
 def make_attention(name: str, **extra) -> tuple[Attention, dict]:
@@ -105,7 +165,8 @@ def test_gqa_matches_reference(name, n_kv_heads):
     assert_matches_reference(attn, lambda x: reference_gqa(x, w, H, n_kv_heads, cfg["rope"]))
 
 
-@pytest.mark.parametrize(  # the split layout has its own reference in test_latent_layouts.py
+# DeepSeek's equations have one joint latent; split K and V latents meet their own reference in test_latent_layouts.
+@pytest.mark.parametrize(
     "name", [n for n in VARIANTS if attention_cfg(n)["type"] == "latent" and attention_cfg(n)["kv_latent"] == "joint"]
 )
 @pytest.mark.parametrize(

@@ -6,13 +6,14 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, read_metrics, run_main, run_train, series
+from conftest import REPO, SHORT_RUN, read_metrics, run_main, run_train, series
 
 import latentlm.train as train_cli
 
 
-def test_run_writes_summary_and_loss_falls(smoke_run):
-    run_dir = smoke_run  # python -m latentlm.train experiment=smoke attention=mla_rope rank=0.5
+def test_run_writes_summary_and_loss_falls(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train("experiment=smoke", "attention=mla_rope", "rank=0.5", f"hydra.run.dir={run_dir}", root=data_root)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["attention"] == "mla_rope" and summary["rank"] == 0.5 and summary["model"] == "tiny"
     assert summary["steps"] == 30
@@ -26,12 +27,65 @@ def test_run_writes_summary_and_loss_falls(smoke_run):
     assert (run_dir / "config.yaml").exists() and (run_dir / ".hydra" / "config.yaml").exists()
     val = [v for _, v in series(read_metrics(run_dir), "val/loss")]
     train = [v for _, v in series(read_metrics(run_dir), "train/loss")]
-    # The summary agrees with the logged validations (steps 10, 20, 30; the last is the final one) and the checkpoint.
+    # The summary agrees with the logged validations (steps 10, 20 and 30, the last one the final) and the checkpoint.
     assert len(val) == 3 and summary["val_loss_final"] == val[-1] and summary["val_loss_best"] == min(val)
     best_ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     scores = [s["best_model_score"] for k, s in best_ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert [float(s) for s in scores] == [pytest.approx(min(val))]
     assert val[-1] < val[0] - 0.2 and train[-1] < train[0]
+
+
+def test_multirun_sweeps_seeds(data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_train(
+        "-m",
+        "experiment=smoke",
+        "seed=0,1",
+        "trainer.max_steps=10",
+        f"hydra.sweep.dir={sweep}",
+        root=data_root,
+    )
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in (0, 1)]
+    assert [s["seed"] for s in summaries] == [0, 1]
+    assert summaries[0]["val_loss_final"] != summaries[1]["val_loss_final"]  # different seeds, different runs
+
+
+def test_resume_continues_steps_and_lr_schedule(data_root, tmp_path):
+    every_10 = [
+        "+callbacks.every_10._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+        "+callbacks.every_10.every_n_train_steps=10",
+        "+callbacks.every_10.save_top_k=-1",
+        "+callbacks.every_10.filename='step{step}'",
+        "+callbacks.every_10.auto_insert_metric_name=false",
+    ]
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    run_train(
+        "experiment=smoke",
+        *every_10,
+        f"+callbacks.every_10.dirpath={first}/steps",
+        f"hydra.run.dir={first}",
+        root=data_root,
+    )
+    ckpt = first / "steps" / "step10.ckpt"
+    run_train("experiment=smoke", f"ckpt_path={ckpt}", f"hydra.run.dir={resumed}", root=data_root)
+    lr_first = dict(series(read_metrics(first), "lr-AdamW/pg1"))
+    lr_resumed = dict(series(read_metrics(resumed), "lr-AdamW/pg1"))
+    assert min(lr_resumed) > 10 and max(lr_resumed) == max(lr_first)  # steps continue from the checkpoint
+    assert lr_resumed == {s: pytest.approx(lr_first[s], rel=1e-9) for s in lr_resumed}
+    assert json.loads((resumed / "summary.json").read_text())["steps"] == 30
+
+
+def test_wandb_offline_run(data_root, tmp_path):
+    run_dir = tmp_path / "wb"
+    run_train(
+        "experiment=smoke",
+        "logger=default",
+        "trainer.max_steps=10",
+        f"hydra.run.dir={run_dir}",
+        root=data_root,
+    )
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
 
 @pytest.mark.parametrize(
@@ -115,19 +169,24 @@ def test_every_attention_variant_trains_through_the_cli(data_root, tmp_path):
         assert val[-1] < val[0] - 0.2, (name, val)
 
 
-def test_compiled_training_matches_eager(data_root, tmp_path):
+def test_compiled_training_matches_eager(compiled_run, data_root, tmp_path):
     """The GPU path compiles model + loss (torch.compile also runs on CPU): same losses as eager training."""
-    finals = {}
-    for compiled in ("true", "false"):
-        run_dir = tmp_path / compiled
-        run_train(
-            "experiment=smoke",
-            f"compile={compiled}",
-            "trainer.max_steps=6",
-            "trainer.val_check_interval=3",
-            f"hydra.run.dir={run_dir}",
-            root=data_root,
-            timeout=600,
-        )
-        finals[compiled] = json.loads((run_dir / "summary.json").read_text())["val_loss_final"]
-    assert finals["true"] == pytest.approx(finals["false"], rel=1e-4)
+    eager = tmp_path / "eager"
+    run_train(*SHORT_RUN, "compile=false", f"hydra.run.dir={eager}", root=data_root)
+    finals = {run: json.loads((run / "summary.json").read_text())["val_loss_final"] for run in (compiled_run, eager)}
+    assert finals[compiled_run] == pytest.approx(finals[eager], rel=1e-4)
+
+
+@pytest.mark.gpu
+def test_compiled_training_on_gpu_matches_eager_to_bf16_precision(data_root, tmp_path):
+    """On a GPU, compile=auto trains in bf16-mixed through CUDA graphs (compile_mode=reduce-overhead): every step's
+    loss is eager bf16 training's, to bf16's precision (a graph replaying stale buffers or inputs would not be)."""
+    losses = {}
+    for compile_flag in ("auto", "false"):
+        run_dir = tmp_path / compile_flag
+        run_train("experiment=smoke", f"compile={compile_flag}", "trainer.max_steps=20", "trainer.log_every_n_steps=1",
+                  f"hydra.run.dir={run_dir}", root=data_root, timeout=600)
+        assert json.loads((run_dir / "summary.json").read_text())["precision"] == "bf16-mixed"
+        losses[compile_flag] = dict(series(read_metrics(run_dir), "train/loss"))
+    assert len(losses["auto"]) == 20 and losses["auto"].keys() == losses["false"].keys()
+    assert losses["auto"] == {step: pytest.approx(loss, rel=1e-2) for step, loss in losses["false"].items()}

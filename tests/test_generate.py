@@ -1,6 +1,8 @@
 """Generation: cached decoding reproduces the full forward's choices; checkpoints rebuild their model."""
 
 import itertools
+import os
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +15,9 @@ from omegaconf import OmegaConf
 from test_attention import VARIANTS, make_gpt
 
 import latentlm.generate as generate_cli
+from latentlm.data.tokenizer import tokenizer_encoding
 from latentlm.generate import generate, load_checkpoint, sample_next
+from latentlm.lit import LitGPT
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -75,6 +79,69 @@ def test_checkpoint_rebuilds_the_trained_model(smoke_run):
     assert torch.stack(losses).mean().item() == pytest.approx(logged, rel=1e-5)
 
 
+def generate_cli_output(ckpt, prompt: str, cwd) -> str:
+    """stdout of `python -m latentlm.generate` (greedy, 10 tokens) run from `cwd` with this checkout's latentlm."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "latentlm.generate", f"ckpt={ckpt}", f"prompt={prompt}", "max_new_tokens=10",
+         "temperature=0"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_a_checkpoint_copied_anywhere_rebuilds_its_model_eagerly(compiled_run, tmp_path):
+    """Trained with torch.compile, copied alone into another folder: Lightning rebuilds the module in this eager
+    process, with the plain model's parameter names, and generate writes from the copy what it writes from the
+    original, the same greedy tokens as the rebuilt model gives here."""
+    assert OmegaConf.load(compiled_run / "config.yaml").compile is True
+    original = compiled_run / "checkpoints" / "best.ckpt"
+    copy = tmp_path / "elsewhere" / "model.ckpt"
+    copy.parent.mkdir()
+    shutil.copyfile(original, copy)
+    module = LitGPT.load_from_checkpoint(copy)
+    trained = torch.load(original, map_location="cpu", weights_only=True)["state_dict"]
+    assert "compile_mode" not in module.hparams
+    assert set(module.state_dict()) == set(trained) and all(name.startswith("net.") for name in trained)
+    for name, value in trained.items():
+        assert torch.equal(module.state_dict()[name], value), name
+
+    prompt = "Once upon a time"
+    enc = tokenizer_encoding(module.hparams.tokenizer)
+    tokens = generate(module.net.eval(), [enc.encode_ordinary(prompt)], 10, temperature=0, eot=enc.eot_token)[0]
+    expected = prompt + enc.decode([t for t in tokens if t != enc.eot_token]) + "\n<|endoftext|>\n"
+    assert generate_cli_output(copy, prompt, cwd=copy.parent) == expected
+    assert generate_cli_output(original, prompt, cwd=tmp_path) == expected
+
+
+def test_an_older_checkpoint_loads_from_its_run_dir_or_says_what_is_missing(smoke_run, tmp_path, monkeypatch, capsys):
+    """A checkpoint without the saved config and tokenizer (as written before LitGPT kept them)."""
+    checkpoint = torch.load(smoke_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    del checkpoint["hyper_parameters"], checkpoint["hparams_name"]
+    old_run = tmp_path / "run"
+    (old_run / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "tokenizer.json", "tokenizer.tiktoken"):
+        shutil.copyfile(smoke_run / name, old_run / name)
+    torch.save(checkpoint, old_run / "checkpoints" / "last.ckpt")
+    model, enc = load_checkpoint(old_run / "checkpoints" / "last.ckpt")
+    expected, expected_enc = load_checkpoint(smoke_run / "checkpoints" / "last.ckpt")
+    assert model.state_dict().keys() == expected.state_dict().keys()
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in model.state_dict().items())
+    text = "Once upon a time, Lily found a ball."
+    assert enc.n_vocab == expected_enc.n_vocab and enc.encode_ordinary(text) == expected_enc.encode_ordinary(text)
+
+    alone = tmp_path / "alone" / "last.ckpt"
+    alone.parent.mkdir()
+    torch.save(checkpoint, alone)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(capsys, generate_cli._hydra_main, f"ckpt={alone}")
+    assert code == 2 and out == "" and err.strip().splitlines() == [
+        f"error: ckpt={alone} holds no model config and tokenizer (it predates checkpoints that keep them), and its "
+        f"run dir {tmp_path.resolve()} has no config.yaml and tokenizer.json either; load it from its run's "
+        "checkpoints/"
+    ]
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -123,7 +190,7 @@ def test_generate_cli(smoke_run):
     assert bad_dtype.returncode == 2 and "dtype=int8 is not one of auto, float32" in bad_dtype.stderr
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled decode step is for GPUs")
+@pytest.mark.gpu  # the compiled decode step is for GPUs
 @pytest.mark.parametrize("name", ["mha", "mla_rope", "mlra"])
 def test_compiled_decode_step_generates_what_eager_does(name):
     model = make_gpt(name, dtype=torch.float32).cuda()

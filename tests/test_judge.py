@@ -160,6 +160,6 @@ def test_judge_samples_callback_in_a_training_run(data_root, tmp_path):
               f"hydra.run.dir={run_dir}", root=data_root)
     rows = read_metrics(run_dir)
     valid, consistent = series(rows, "val/judge_valid_prefix"), series(rows, "val/judge_consistent")
-    # Both validations in training, the second the final one (the sanity check logs nothing).
+    # Both validations, at steps 5 and 10 (the second is the final one; the sanity check logs nothing).
     assert [s for s, _ in valid] == [s for s, _ in consistent] == [s for s, _ in series(rows, "val/loss")]
     assert len(valid) == 2 and all(0 <= v <= 1 for _, v in valid + consistent)

@@ -66,13 +66,17 @@ def test_unsupported_shapes_fall_back():
     kv = torch.zeros(1, 8, 256 + 32, dtype=torch.bfloat16)
     assert not latent_decode.supported(kv, 256, 32)  # CPU without the interpreter: SDPA
     assert not latent_decode.supported(kv.float(), 256, 32)
-    if torch.cuda.is_available():
-        assert latent_decode.supported(kv.cuda(), 256, 32)
-        assert not latent_decode.supported(torch.zeros(1, 8, 384 + 32, device="cuda", dtype=torch.bfloat16), 384, 32)
-        assert not latent_decode.supported(kv.cuda().float(), 256, 32)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
+def test_kernel_takes_16_bit_rows_it_fits_on_gpu():
+    kv = torch.zeros(1, 8, 256 + 32, device="cuda", dtype=torch.bfloat16)
+    assert latent_decode.supported(kv, 256, 32)
+    assert not latent_decode.supported(torch.zeros(1, 8, 384 + 32, device="cuda", dtype=torch.bfloat16), 384, 32)
+    assert not latent_decode.supported(kv.float(), 256, 32)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", ["mla", "mla_rope", "mlra"])
 def test_model_decode_with_kernel_equals_sdpa_path(monkeypatch, name):
     from tests.test_attention import make_gpt

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from test_attention import CHUNKS, DECODE_PATHS, decode_logits, use_decode_path
 
 from latentlm.model import GPT
 from latentlm.model.attention.latent import LatentAttention
@@ -28,37 +29,43 @@ def make_gpt(rank: float = 0.5, dtype=torch.float64, **options) -> GPT:
     return GPT(VOCAB, D, LAYERS, H, CTX, attention).to(dtype).eval()
 
 
-def decode_logits(model: GPT, idx: torch.Tensor, chunks: list[int], absorb: bool) -> torch.Tensor:
-    """Prefill chunks[0] tokens, then feed the rest in chunks of the given sizes (1 = one decode step)."""
-    for block in model.blocks:
-        block.attn.absorb = absorb
-    caches = model.new_caches(idx.size(0), CTX, dtype=next(model.parameters()).dtype)
-    out, pos = [], 0
-    for n in chunks:
-        out.append(model(idx[:, pos : pos + n], caches, pos))
-        pos += n
-    return torch.cat(out, dim=1)
+def path_logits(model: GPT, idx: torch.Tensor, path: str) -> torch.Tensor:
+    use_decode_path(model, path)
+    return decode_logits(model, idx, CHUNKS)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_absorbed_equals_naive_decode(layout):
     model = make_gpt(**LAYOUTS[layout])
-    idx = torch.randint(0, VOCAB, (2, 30))
-    chunks = [12, 1, 4, *([1] * 13)]
-    torch.testing.assert_close(
-        decode_logits(model, idx, chunks, absorb=True), decode_logits(model, idx, chunks, absorb=False),
-        rtol=1e-10, atol=1e-12,
-    )
+    idx = torch.randint(0, VOCAB, (2, 40))
+    naive = path_logits(model, idx, "naive")
+    for path in ("absorbed", "mixed"):
+        torch.testing.assert_close(path_logits(model, idx, path), naive, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("absorb", [True, False])
-def test_cached_decode_equals_full_forward(layout, absorb):
+@pytest.mark.parametrize("path", DECODE_PATHS)
+def test_cached_decode_equals_full_forward(layout, path):
     model = make_gpt(**LAYOUTS[layout])
     idx = torch.randint(0, VOCAB, (3, 40))
     full = model(idx)
-    inc = decode_logits(model, idx, [9, 1, 5, *([1] * 25)], absorb)
+    inc = path_logits(model, idx, path)
     assert ((inc - full).norm() / full.norm()).item() <= 1e-10
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["split", "split_blocks"])
+def test_split_layout_decodes_on_gpu_in_bf16(layout):
+    """Split rows take SDPA over the cache on a GPU too (the Triton kernel reads joint rows only): in bf16, every
+    decode path gives the fp32 CPU model's logits to bf16's precision (about 5e-3 here)."""
+    reference = make_gpt(dtype=torch.float32, **LAYOUTS[layout])
+    model = make_gpt(dtype=torch.bfloat16, **LAYOUTS[layout]).cuda()
+    idx = torch.randint(0, VOCAB, (3, 40))
+    with torch.inference_mode():
+        expected = reference(idx)
+        for path in DECODE_PATHS:
+            logits = path_logits(model, idx.cuda(), path).float().cpu()
+            assert ((logits - expected).norm() / expected.norm()).item() < 2e-2, path
 
 
 def rotate(x: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:

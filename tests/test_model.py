@@ -3,7 +3,8 @@
 import pytest
 import torch
 from references import rotary as reference_rotary
-from test_attention import VOCAB, make_gpt
+from test_attention import VOCAB, gpt_config, make_gpt
+from test_equal_treatment import ADAMW
 
 from latentlm.generate import generate
 from latentlm.lit import LitGPT
@@ -45,9 +46,10 @@ def log_softmax(z: torch.Tensor) -> torch.Tensor:
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")  # steps called without a Trainer
 def test_label_smoothing_is_on_the_train_loss_only_and_padding_is_never_a_class():
     eps = 0.1
-    net = make_gpt("mha", dtype=torch.float32)
+    torch.manual_seed(0)
+    module = LitGPT(gpt_config("mha"), VOCAB, ADAMW, 0, 0.1, label_smoothing=eps)
+    net = module.net
     padded_logits_win(net)
-    module = LitGPT(net, torch.optim.AdamW, 0, 0.1, label_smoothing=eps)
     x, y = torch.randint(0, VOCAB, (3, 20)), torch.randint(0, VOCAB, (3, 20))
     logp = log_softmax(net(x)[..., :VOCAB].double())  # over the real vocabulary only
     nll = -logp.gather(-1, y[..., None]).squeeze(-1)
@@ -57,8 +59,8 @@ def test_label_smoothing_is_on_the_train_loss_only_and_padding_is_never_a_class(
     train = module.training_step((x, y), 0)
     module.validation_step((x, y), 0)
     torch.testing.assert_close(train.double(), expected_train, rtol=1e-6, atol=0)
-    val_loss = module.val_loss_sum.compute() / module.val_tokens.compute()
-    torch.testing.assert_close(val_loss.double(), expected_val, rtol=1e-6, atol=0)
+    val = module.val_loss_sum.compute() / module.val_tokens.compute()
+    torch.testing.assert_close(val.double(), expected_val, rtol=1e-6, atol=0)
 
 
 def test_generate_never_emits_a_padding_id():

@@ -1,5 +1,6 @@
 import pytest
 import tiktoken
+import tiktoken.load  # where get_encoding reads gpt2's files; latentlm itself does not import it
 
 from latentlm.config import ConfigError
 from latentlm.data.tokenizer import EOT, GPT2_URLS, load_encoding, tiktoken_cache_name, train_bpe

@@ -10,9 +10,9 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tokenizers.pre_tokenizers import ByteLevel
 
@@ -79,16 +79,28 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path, show_progress: 
     return tokenizer
 
 
-def load_run_encoding(run_dir: Path) -> tiktoken.Encoding:
-    """The tokenizer a training run exported into its output dir."""
-    info = json.loads((Path(run_dir) / "tokenizer.json").read_text())
-    return load_encoding(info["kind"], Path(run_dir) / "tokenizer.tiktoken")
+def run_tokenizer(run_dir: Path) -> dict[str, Any] | None:
+    """The tokenizer a training run exported into its output dir (`TokenCache.export_tokenizer`), as one dict that
+    a checkpoint can hold: tokenizer.json's kind and vocab_size, and "ranks", the trained BPE's rank file as text
+    (None for the fixed vocabularies). None where the run exported no tokenizer (random tokens)."""
+    info = Path(run_dir) / "tokenizer.json"
+    if not info.is_file():
+        return None
+    ranks = Path(run_dir) / "tokenizer.tiktoken"
+    return json.loads(info.read_text()) | {"ranks": ranks.read_text() if ranks.is_file() else None}
 
 
 def load_encoding(kind: str, path: Path | None = None) -> tiktoken.Encoding:
     """The tiktoken Encoding for tokenizer `kind`; `path` is the rank file of a trained BPE."""
+    return tokenizer_encoding({"kind": kind, "ranks": Path(path).read_text() if kind == "bpe" else None})
+
+
+def tokenizer_encoding(tokenizer: dict[str, Any]) -> tiktoken.Encoding:
+    """The tiktoken Encoding of a tokenizer dict (`run_tokenizer`): its kind, and a trained BPE's ranks."""
+    kind = tokenizer["kind"]
     if kind == "bpe":
-        ranks = load_tiktoken_bpe(str(path))
+        # The rank format train_bpe writes: one "base64(token) rank" a line.
+        ranks = {base64.b64decode(token): int(rank) for token, rank in map(str.split, tokenizer["ranks"].splitlines())}
         return tiktoken.Encoding(
             "latentlm-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)}
         )

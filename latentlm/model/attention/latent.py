@@ -71,6 +71,7 @@ class LatentAttention(Attention):
         gated: bool = False,
         latent_scale: bool = True,
         absorb: bool = True,
+        absorb_max_tokens: int | None = None,
         rope_base: float = 10_000.0,
     ):
         super().__init__(d_model, n_head, dropout)
@@ -97,6 +98,17 @@ class LatentAttention(Attention):
         self.qk_dim = self.nope_dim + self.rope_dim
         self.scale = self.qk_dim**-0.5
         self.absorb = absorb
+        # Which path a cached chunk of T query tokens takes: absorbed attention pays off for few queries over a long
+        # cache, the naive path for a long chunk (a prompt's prefill). The default is the FLOP crossover, derived,
+        # not measured. Per layer and cached position, naive decompresses the latent once, 2 r H (d_nope + d_h),
+        # then attends at widths d_nope + rope (q.k) and d_h (v) per query, block and head; absorbed attends at
+        # c + rope and c (c = block_dim). So absorbed costs less while T (2c - d_nope - d_h) < c (d_nope + d_h):
+        # up to 85 tokens for MLA at rank 0.5 in the 30m model, and any chunk (the whole context) once
+        # 2c <= d_nope + d_h, as for MLRA-4 at rank 0.5. Left out: the absorbed path's per-query products with
+        # W_uk and W_uv, which do not grow with the cache.
+        c, widths = self.block_dim, self.nope_dim + hd
+        crossover = (c * widths - 1) // (2 * c - widths) if 2 * c > widths else max_seq_len
+        self.absorb_max_tokens = crossover if absorb_max_tokens is None else absorb_max_tokens
 
         q_out = n_head * self.qk_dim
         # Everything computed from x in one matmul: the queries (or the query latent), the KV latent(s), the
@@ -137,7 +149,7 @@ class LatentAttention(Attention):
         if cache is not None:
             kv = cache.append(start_pos, kv=torch.cat((latent, k_rope), dim=-1))["kv"]  # (B, S, latents + rope)
             latent, k_rope = kv.split([latents, self.rope_dim], dim=-1)
-        if cache is not None and self.absorb:
+        if cache is not None and self.absorb and self.absorb_max_tokens >= T:
             y = self._attend_absorbed(q_nope, q_rope, kv)
         else:
             y = self._attend_naive(q_nope, q_rope, latent, k_rope)  # (B, T, H, d_h)
