@@ -29,7 +29,8 @@ test: $(STAMP)
 results: $(STAMP)
 	$(PY) -m latentlm.report docs/results --out docs/results.md
 
-# Benchmarks print a table and write JSON (and plots) under docs/; meant for a GPU, they also run on a CPU.
+# Benchmarks print a table and write JSON (and plots) into logs/bench/<name>/<time>/; ARGS="--out docs/" replaces
+# the committed results. bench-train and bench-decode are meant for a GPU and pick CPU-sized defaults on a CPU.
 bench-data: $(STAMP)
 	$(PY) scripts/bench_data.py $(ARGS)
 
