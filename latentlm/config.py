@@ -72,8 +72,9 @@ def check_cli_keys(argv: list[str]) -> None:
     for key in keys:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if isinstance(node, DictConfig) and leaf not in node:
-            close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
+        names = [str(k) for k in node] if isinstance(node, DictConfig) else []  # with ??? ones, which `in` skips
+        if isinstance(node, DictConfig) and leaf not in names:
+            close = difflib.get_close_matches(leaf, names, n=1)
             hint = f"did you mean {'.'.join(filter(None, (parent, close[0])))}?" if close else "no such key"
             raise ConfigError(f"{key} is not a config key: {hint} (+{key}=... adds a new key)")
 
@@ -117,6 +118,8 @@ def validate(cfg: DictConfig) -> None:
             f"data.seq_len={cfg.data.seq_len} is longer than the context "
             f"model.block_size={m.block_size}; use data.seq_len <= {m.block_size}"
         )
+    if cfg.data.get("source") == "text" and OmegaConf.is_missing(cfg.data, "files"):
+        raise ConfigError("data.files is required with data=text: give files or globs, e.g. data.files='my/*.txt'")
     if cfg.data.get("source") in ("text", "tinystories"):
         from latentlm.data.pipeline import check_source
 

@@ -39,6 +39,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Every job that starts work leaves a summary.json: "status" is "ok", "diverged" (a non-finite loss stopped
     it; the last checkpoint is the last good one), "failed" (an exception, re-raised after the summary is
     written) or "skipped" (a sweep job identical to one already trained in the same sweep, see `_claim`).
+    Bad input found on the way (a ConfigError, e.g. unusable data or a refused resume) writes no summary: it
+    stops the command with one line, and a refused resume leaves the resumed run's own summary as it was.
     """
     validate(cfg)
     # torch and Lightning take seconds to import: only once the config is valid, so bad input fails fast.
@@ -55,6 +57,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _write_summary(out_dir, {**summary, "status": "skipped", "duplicate_of": duplicate_of})
     try:
         summary |= {"status": "ok", "error": None, **_fit(cfg, out_dir)}
+    except ConfigError:
+        raise
     except Diverged as err:
         log.error("diverged: %s", err)
         summary |= {"status": "diverged", "error": str(err), "steps": err.step}
@@ -283,9 +287,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def _remove_run_dir_left_empty() -> None:
-    """Hydra makes the run dir before the config is checked: remove it again if it holds only Hydra's files."""
+    """Hydra makes the run dir before the config is checked: remove it again if it holds only Hydra's files and
+    the config (not a resumed run's folder)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+    if all(p.name in (".hydra", "config.yaml") or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)
 
 

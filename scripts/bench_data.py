@@ -28,6 +28,7 @@ from benchlib import add_out_argument
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from latentlm.config import ConfigError  # noqa: E402
 from latentlm.data.pipeline import build_cache  # noqa: E402
 from latentlm.data.tokenizer import load_encoding  # noqa: E402
 
@@ -141,7 +142,7 @@ def main() -> None:
             for kind in ("bytes", "gpt2"):
                 try:
                     load_encoding(kind)
-                except RuntimeError as err:
+                except ConfigError as err:
                     result["tokenizers"][kind] = {"unavailable": str(err).split(";")[0]}
                     continue
                 other = build_cache(root, data, {"kind": kind}, args.num_proc)

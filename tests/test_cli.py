@@ -99,6 +99,7 @@ def test_wandb_offline_run(data_root, tmp_path):
         (["attention=gqa", "attention.n_kv_heads=3"], "attention.n_kv_heads=3 does not divide model.n_head=2"),
         (["data.seq_len=64"], "data.seq_len=64 is longer than the context model.block_size=32"),
         (["data=text", "data.files=/nonexistent/*.txt"], "data.files=/nonexistent/*.txt matches no file"),
+        (["data=text"], "data.files is required with data=text: give files or globs, e.g. data.files='my/*.txt'"),
         (["data=tinystories", "data.local_path=/nonexistent"], "data.local_path=/nonexistent does not exist"),
         (["data=text", "data.files=README.md", "data.split=paragraph"], "data.split=paragraph is not a text split"),
         (["data.batch_size=0"], "data.batch_size=0 must be a whole number of sequences, at least 1"),
