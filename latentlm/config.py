@@ -29,9 +29,20 @@ class ConfigError(ValueError):
 
 
 def register_resolvers() -> None:
-    """`${lm.wandb_offline:}`: W&B stays offline unless the user has an API key."""
+    """`${lm.wandb_offline:}`: W&B stays offline unless the user has an API key. `${lm.run_dir:ckpt_path,new_dir}`:
+    see `run_dir`."""
     if not OmegaConf.has_resolver("lm.wandb_offline"):
         OmegaConf.register_new_resolver("lm.wandb_offline", lambda: not os.environ.get("WANDB_API_KEY"))
+    if not OmegaConf.has_resolver("lm.run_dir"):
+        OmegaConf.register_new_resolver("lm.run_dir", run_dir)
+
+
+def run_dir(ckpt_path: str | None, new_dir: str) -> str:
+    """Where a training run writes: a run resumed from `<run>/checkpoints/*.ckpt` goes on in `<run>`, so its
+    checkpoints, metrics and summary stay in one folder; any other run gets `new_dir`."""
+    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+        return str(Path(ckpt_path).parent.parent)
+    return new_dir
 
 
 def group_choices(group: str) -> list[str]:

@@ -78,7 +78,9 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     from latentlm.callbacks import PlainProgress, StopOnNonFinite, Throughput, train_flops_per_token
     from latentlm.lit import LitGPT
+    from latentlm.loggers import keep_csv_rows, quiet_libraries
 
+    quiet_libraries()
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup()
@@ -110,6 +112,14 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if throughput is not None:
         throughput.flops_per_token = train_flops_per_token(build_net, cfg.data.seq_len)
     loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
+    resumed_here = _resumes_in(cfg, out_dir)
+    if resumed_here:
+        step = torch.load(cfg.ckpt_path, map_location="cpu", mmap=True, weights_only=False)["global_step"]
+        log.info("resuming at step %d in the checkpoint's own run folder %s: its metrics, checkpoints and summary go "
+                 "on there", step, out_dir)
+        keep_csv_rows(loggers, before_step=step)
+    elif cfg.ckpt_path:
+        log.info("resuming %s in a new run folder %s", cfg.ckpt_path, out_dir)
     trainer = instantiate(
         trainer_cfg, callbacks=callbacks, logger=loggers, enable_progress_bar=interactive
     )
@@ -131,7 +141,7 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     hparams.pop("config")
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
-    if datamodule.entropy_floor is not None:
+    if datamodule.entropy_floor is not None and not resumed_here:  # a resumed run's CSV has it from its first part
         for lg in trainer.loggers:
             lg.log_metrics({"data/entropy_floor": datamodule.entropy_floor}, step=0)
 
@@ -176,6 +186,11 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def _resumes_in(cfg: DictConfig, out_dir: Path) -> bool:
+    """Whether this run resumes from a checkpoint of the run folder it writes to (see config.run_dir)."""
+    return bool(cfg.ckpt_path) and Path(cfg.ckpt_path).resolve().parent.parent == out_dir.resolve()
 
 
 def _rank(cfg: DictConfig) -> float | None:
