@@ -46,7 +46,8 @@ paper: $(STAMP)
 	done
 	$(MAKE) results
 
-# Benchmarks print a table and write JSON (and plots) under docs/; meant for a GPU, they also run on a CPU.
+# Benchmarks print a table and write JSON (and plots) into logs/bench/<name>/<time>/; ARGS="--out docs/" replaces
+# the committed results. bench-train and bench-decode are meant for a GPU and pick CPU-sized defaults on a CPU.
 bench-data: $(STAMP)
 	$(PY) scripts/bench_data.py $(ARGS)
 

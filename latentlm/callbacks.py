@@ -1,6 +1,7 @@
 """Training callbacks: throughput (tokens/s, MFU) and plain progress lines for logs that are not a terminal."""
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -154,13 +155,22 @@ class PlainProgress(Callback):
 
 
 class ProfileSteps(Callback):
-    """Profiles `steps` training steps after `start` and logs where the time goes: wall time per step, the GPU's
-    busy time per step, and the kernels that take the most. Add it to any run with
-    `+callbacks.profile._target_=latentlm.callbacks.ProfileSteps`."""
+    """Profiles `steps` training steps from step `start` and logs where the time goes: wall time per step, then
+    the ops that take the most time, by GPU time (the kernels, and the GPU's busy time per step) where there is a
+    GPU, else by self CPU time. Add it to any run with `+callbacks.profile._target_=latentlm.callbacks.ProfileSteps`
+    (and `+callbacks.profile.start=5` for a run shorter than 35 steps)."""
 
     def __init__(self, start: int = 30, steps: int = 5, top: int = 15):
         self.start, self.steps, self.top = start, steps, top
         self._profiler = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.global_step <= self.start <= trainer.max_steps - self.steps:
+            log.warning(
+                "profile: steps %d-%d lie outside this run (steps %d-%d): nothing will be profiled; "
+                "set +callbacks.profile.start=<step> (and .steps) inside it",
+                self.start, self.start + self.steps, trainer.global_step, trainer.max_steps,
+            )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.start and self._profiler is None:
@@ -168,6 +178,10 @@ class ProfileSteps(Callback):
 
             # GPU kernels only where there is a GPU: recording every CPU op would slow the host and the step.
             activities = [ProfilerActivity.CUDA] if torch.cuda.is_available() else [ProfilerActivity.CPU]
+            if activities == [ProfilerActivity.CPU]:
+                # Kineto prints "USDT: ... profiler_start" and "profiler_stop" at its top log level (5, above its
+                # errors). Only on a CPU are its errors of no use (on a GPU they say why no kernel was recorded).
+                os.environ.setdefault("KINETO_LOG_LEVEL", "6")
             self._profiler = profile(activities=activities)
             self._profiler.__enter__()
             self._t0 = time.perf_counter()
@@ -175,19 +189,25 @@ class ProfileSteps(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._profiler is None or trainer.global_step != self.start + self.steps:
             return
-        if torch.cuda.is_available():
+        cuda = torch.cuda.is_available()
+        if cuda:
             torch.cuda.synchronize()
         wall = (time.perf_counter() - self._t0) / self.steps
         self._profiler.__exit__(None, None, None)
-        events = self._profiler.key_averages()
-        kernels = [  # not the GPU-timeline spans of annotations such as Optimizer.step, which overlap kernels
-            e for e in events
-            if e.device_time_total > 0 and e.device_type.name == "CUDA" and not getattr(e, "is_user_annotation", False)
+        measure = "device_time_total" if cuda else "self_cpu_time_total"
+        ops = [  # on a GPU, not the GPU-timeline spans of annotations such as Optimizer.step, which overlap kernels
+            e for e in self._profiler.key_averages()
+            if getattr(e, measure) > 0
+            and (not cuda or (e.device_type.name == "CUDA" and not getattr(e, "is_user_annotation", False)))
         ]
-        busy = sum(e.device_time_total for e in kernels) / 1e3 / self.steps
-        log.info("profile: %.2f ms wall per step, GPU busy %.2f ms per step", wall * 1e3, busy)
-        for e in sorted(kernels, key=lambda e: -e.device_time_total)[: self.top]:
-            log.info("  %7.3f ms/step %5d calls  %s", e.device_time_total / 1e3 / self.steps, e.count // self.steps,
-                     e.key[:100])
+        if cuda:
+            busy = sum(e.device_time_total for e in ops) / 1e3 / self.steps
+            log.info("profile: %.2f ms wall per step, GPU busy %.2f ms per step; top kernels by GPU time:",
+                     wall * 1e3, busy)
+        else:
+            log.info("profile: %.2f ms wall per step; top ops by self CPU time:", wall * 1e3)
+        for e in sorted(ops, key=lambda e: getattr(e, measure), reverse=True)[: self.top]:
+            log.info("  %7.3f ms/step %6.1f calls/step  %s", getattr(e, measure) / 1e3 / self.steps,
+                     e.count / self.steps, e.key[:100])
         self._profiler = None
         self.start = -1  # once

@@ -183,8 +183,15 @@ def load_wandb(spec: str) -> list[dict[str, Any]]:
     entity, project, group = parts
     import wandb
 
+    try:
+        runs = list(wandb.Api().runs(f"{entity}/{project}", filters={"group": group}))
+    except wandb.errors.Error as err:  # no API key, or no answer from the server (no network)
+        raise CompareError(
+            f"{spec}: cannot read W&B ({type(err).__name__}: {str(err).splitlines()[0]}); a wandb: source needs "
+            "network and an API key (WANDB_API_KEY or `wandb login`); offline runs compare from their run dirs"
+        ) from None
     summaries = []
-    for run in wandb.Api().runs(f"{entity}/{project}", filters={"group": group}):
+    for run in runs:
         if run.state in ("running", "pending"):
             print(f"note: W&B run {run.id} ({run.name}) is {run.state}: not compared", file=sys.stderr)
             continue

@@ -29,9 +29,20 @@ class ConfigError(ValueError):
 
 
 def register_resolvers() -> None:
-    """`${lm.wandb_offline:}`: W&B stays offline unless the user has an API key."""
+    """`${lm.wandb_offline:}`: W&B stays offline unless the user has an API key. `${lm.run_dir:ckpt_path,new_dir}`:
+    see `run_dir`."""
     if not OmegaConf.has_resolver("lm.wandb_offline"):
         OmegaConf.register_new_resolver("lm.wandb_offline", lambda: not os.environ.get("WANDB_API_KEY"))
+    if not OmegaConf.has_resolver("lm.run_dir"):
+        OmegaConf.register_new_resolver("lm.run_dir", run_dir)
+
+
+def run_dir(ckpt_path: str | None, new_dir: str) -> str:
+    """Where a training run writes: a run resumed from `<run>/checkpoints/*.ckpt` goes on in `<run>`, so its
+    checkpoints, metrics and summary stay in one folder; any other run gets `new_dir`."""
+    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+        return str(Path(ckpt_path).parent.parent)
+    return new_dir
 
 
 def group_choices(group: str) -> list[str]:
@@ -72,8 +83,9 @@ def check_cli_keys(argv: list[str]) -> None:
     for key in keys:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if isinstance(node, DictConfig) and leaf not in list(node):  # `in` is False for ??? (missing) values
-            close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
+        names = [str(k) for k in node] if isinstance(node, DictConfig) else []  # with ??? ones, which `in` skips
+        if isinstance(node, DictConfig) and leaf not in names:
+            close = difflib.get_close_matches(leaf, names, n=1)
             hint = f"did you mean {'.'.join(filter(None, (parent, close[0])))}?" if close else "no such key"
             raise ConfigError(f"{key} is not a config key: {hint} (+{key}=... adds a new key)")
 
@@ -117,6 +129,8 @@ def validate(cfg: DictConfig) -> None:
             f"data.seq_len={cfg.data.seq_len} is longer than the context "
             f"model.block_size={m.block_size}; use data.seq_len <= {m.block_size}"
         )
+    if cfg.data.get("source") == "text" and OmegaConf.is_missing(cfg.data, "files"):
+        raise ConfigError("data.files is required with data=text: give files or globs, e.g. data.files='my/*.txt'")
     if cfg.data.get("source") in ("text", "tinystories"):
         from latentlm.data.pipeline import check_source
 

@@ -39,6 +39,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Every job that starts work leaves a summary.json: "status" is "ok", "diverged" (a non-finite loss stopped
     it; the last checkpoint is the last good one), "failed" (an exception, re-raised after the summary is
     written) or "skipped" (a sweep job identical to one already trained in the same sweep, see `_claim`).
+    Bad input found on the way (a ConfigError, e.g. unusable data or a refused resume) writes no summary: it
+    stops the command with one line, and a refused resume leaves the resumed run's own summary as it was.
     """
     validate(cfg)
     # torch and Lightning take seconds to import: only once the config is valid, so bad input fails fast.
@@ -77,7 +79,9 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     from latentlm.callbacks import PlainProgress, StopOnNonFinite, Throughput, train_flops_per_token
     from latentlm.data.tokenizer import run_tokenizer
     from latentlm.lit import LitGPT
+    from latentlm.loggers import keep_csv_rows, quiet_libraries
 
+    quiet_libraries()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup()
@@ -116,6 +120,14 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if throughput is not None:
         throughput.flops_per_token = train_flops_per_token(build_net, cfg.data.seq_len)
     loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
+    resumed_here = _resumes_in(cfg, out_dir)
+    if resumed_here:
+        step = torch.load(cfg.ckpt_path, map_location="cpu", mmap=True, weights_only=False)["global_step"]
+        log.info("resuming at step %d in the checkpoint's own run folder %s: its metrics, checkpoints and summary go "
+                 "on there", step, out_dir)
+        keep_csv_rows(loggers, before_step=step)
+    elif cfg.ckpt_path:
+        log.info("resuming %s in a new run folder %s", cfg.ckpt_path, out_dir)
     trainer = instantiate(
         trainer_cfg, callbacks=callbacks, logger=loggers, enable_progress_bar=interactive
     )
@@ -128,7 +140,7 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     hparams.pop("config")
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
-    if datamodule.entropy_floor is not None:
+    if datamodule.entropy_floor is not None and not resumed_here:  # a resumed run's CSV has it from its first part
         for lg in trainer.loggers:
             lg.log_metrics({"data/entropy_floor": datamodule.entropy_floor}, step=0)
 
@@ -173,6 +185,11 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def _resumes_in(cfg: DictConfig, out_dir: Path) -> bool:
+    """Whether this run resumes from a checkpoint of the run folder it writes to (see config.run_dir)."""
+    return bool(cfg.ckpt_path) and Path(cfg.ckpt_path).resolve().parent.parent == out_dir.resolve()
 
 
 def _rank(cfg: DictConfig) -> float | None:
@@ -285,7 +302,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def _remove_run_dir_left_empty() -> None:
     """Hydra makes the run dir before the config is checked: remove it again if it holds only Hydra's files and
-    the config (bad input found while reading data comes after config.yaml is written)."""
+    the config (bad input found while reading data comes after config.yaml is written; a resumed run's folder
+    holds more and stays))."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if all(p.name in (".hydra", "config.yaml") or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)

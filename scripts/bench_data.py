@@ -1,7 +1,7 @@
 """Data pipeline speed on the default config: story generation, BPE training, tokenisation, cached reuse.
 
-    python scripts/bench_data.py            # 100,000 stories, BPE 4096, 2 processes -> docs/bench_data.json
-    make bench-data ARGS="--num-proc 1"
+    python scripts/bench_data.py            # 100,000 stories, BPE 4096, 2 processes -> logs/bench/data/<time>/
+    make bench-data ARGS="--num-proc 1 --out docs/"     # -> docs/bench_data.json, the committed result
 
 Builds the token cache in a fresh temporary folder (timed per stage by the pipeline itself, see meta.json's
 build_seconds), then asks for it again twice: in this process, and from a new Python process (imports included),
@@ -23,10 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import add_out_argument
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from latentlm.config import ConfigError  # noqa: E402
 from latentlm.data.pipeline import build_cache  # noqa: E402
 from latentlm.data.tokenizer import load_encoding  # noqa: E402
 
@@ -87,7 +89,7 @@ def main() -> None:
     parser.add_argument("--train-documents", type=int, default=20_000)
     parser.add_argument("--num-proc", type=int, default=2)
     parser.add_argument("--no-floors", action="store_true", help="skip the bytes/gpt2 caches and corpus stats")
-    parser.add_argument("--out", default=str(REPO / "docs" / "bench_data.json"))
+    add_out_argument(parser, "data", "bench_data.json")
     args = parser.parse_args()
 
     data = {"source": "synthetic", "num_stories": args.num_stories, "val_stories": args.val_stories, "seed": 0}
@@ -140,7 +142,7 @@ def main() -> None:
             for kind in ("bytes", "gpt2"):
                 try:
                     load_encoding(kind)
-                except RuntimeError as err:
+                except ConfigError as err:
                     result["tokenizers"][kind] = {"unavailable": str(err).split(";")[0]}
                     continue
                 other = build_cache(root, data, {"kind": kind}, args.num_proc)
@@ -170,8 +172,10 @@ def main() -> None:
         else:
             print(f"{kind:<8} vocab {info['vocab_size']:>6,}  {info['tokens_per_story']:7.1f} tokens/story  "
                   f"{info['tokens_per_word']:.3f} tokens/word  floor {info['entropy_floor_val']:.4f} nats/token (val)")
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "bench_data.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

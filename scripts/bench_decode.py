@@ -1,7 +1,7 @@
 """Decode benchmark: KV-cache bytes, what fits in memory, and decode speed for every attention variant.
 
     python scripts/bench_decode.py [--model 30m] [--rank 0.5] [--contexts 512,...,16384] [--batches 1,8,64,256]
-        [--variants mha,mla_rope,mla_rope@1.0,...]
+        [--variants mha,mla_rope,mla_rope@1.0,...] [--out docs/]
 
 A variant is `name[@rank][:naive]`: an attention config, its rank if not --rank, and ':naive' to decode a latent
 variant unabsorbed. The paper's decode claim (MLA at r = d/2 is 1.4x faster than full-rank MLA) is
@@ -10,7 +10,8 @@ variant unabsorbed. The paper's decode claim (MLA at r = d/2 is 1.4x faster than
 For each variant (MLA and MLRA with absorbed and naive decoding): the cache bytes per token by formula and
 as measured growth of allocated GPU memory, the largest batch x context that fits --budget-gib, and the
 time of one decode step (one new token per sequence, attending over `context` cached positions) with random
-weights and a random cache, captured in a CUDA graph and replayed. Writes JSON and two PNG plots.
+weights and a random cache, captured in a CUDA graph and replayed. Writes JSON and two PNG plots. Without a GPU
+the defaults are CPU-sized: the tiny model, contexts 128-512, batches 1 and 8.
 """
 
 import argparse
@@ -23,14 +24,19 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from benchlib import add_out_argument
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from latentlm.config import CONFIG_DIR, register_resolvers
 from latentlm.model import GPT
 
-REPO = Path(__file__).resolve().parent.parent
 VARIANTS = "mha,mqa,gqa,mla,mla_rope,mla_rope@1.0,mla_rope:naive,mla_rope_split,mlra,mlra:naive"
+# (model, contexts, batches) by default: the paper-sized benchmark on a GPU, one that takes minutes on a CPU.
+SIZES = {
+    "cuda": {"model": "30m", "contexts": "512,1024,2048,4096,8192,16384", "batches": "1,8,64,256", "plot_batch": 64},
+    "cpu": {"model": "tiny", "contexts": "128,256,512", "batches": "1,8", "plot_batch": 8},
+}
 
 
 def parse_variant(variant: str, default_rank: float) -> tuple[str, float, str]:
@@ -167,22 +173,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=VARIANTS,
                         help="name[@rank][:naive], comma separated; ':naive' decodes a latent variant unabsorbed")
-    parser.add_argument("--model", default="30m")
+    for key, default in SIZES["cuda"].items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(default),
+                            help=f"default: {default} ({SIZES['cpu'][key]} without a GPU)")
     parser.add_argument("--rank", type=float, default=0.5, help="rank of the latent variants without @rank")
-    parser.add_argument("--contexts", default="512,1024,2048,4096,8192,16384")
-    parser.add_argument("--batches", default="1,8,64,256")
     parser.add_argument("--budget-gib", type=float, default=40.0, help="memory for the KV cache")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--naive-max-tokens", type=int, default=64 * 8192, help="batch x context cap for :naive")
-    parser.add_argument("--plot-batch", type=int, default=64)
     parser.add_argument("--append", action="store_true",
-                        help="merge into --out: re-measure these variants, keep the others (runs in parts)")
+                        help="merge into the JSON in --out: re-measure these variants, keep the others (runs in parts)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the decode step (default: on CUDA), as `generate compile=true` does")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench_decode.json")
+    add_out_argument(parser, "decode", "bench_decode.json and the plots")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    defaulted = [key for key in SIZES[device] if getattr(args, key) is None]
+    for key in defaulted:
+        setattr(args, key, SIZES[device][key])
+    if defaulted and device == "cpu":
+        print(f"no GPU: --model {args.model} --contexts {args.contexts} --batches {args.batches} "
+              "(a CPU-sized benchmark; give them to change it)", flush=True)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     contexts = [int(c) for c in args.contexts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
@@ -197,8 +208,9 @@ def main() -> None:
             parser.error(str(err))
     variants = [v if ":" in v or not v.startswith(latent) else f"{v}:absorbed" for v in specs]
     rows, summary = [], []
-    if args.append and args.out.is_file():  # keep the other variants of an earlier run (same device and settings)
-        earlier = json.loads(args.out.read_text())
+    out = args.out / "bench_decode.json"
+    if args.append and out.is_file():  # keep the other variants of an earlier run (same device and settings)
+        earlier = json.loads(out.read_text())
         summary = [s for s in earlier["summary"] if s["variant"] not in variants]
         rows = [r for r in earlier["rows"] if r["variant"] not in variants]
     for variant in variants:
@@ -274,14 +286,14 @@ def main() -> None:
         print("\nKernels of one decode step (batch 64, context 4096):")
         for s in summary:
             print(f"- {s['variant']}: " + "; ".join(s["kernels_b64_ctx4096"][:3]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    plots = plot(rows, args.out.parent, args.plot_batch)
-    args.out.write_text(json.dumps({
+    args.out.mkdir(parents=True, exist_ok=True)
+    plots = plot(rows, args.out, args.plot_batch)
+    out.write_text(json.dumps({
         "date": str(date.today()), "command": " ".join(sys.argv), "device": device,
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "dtype": str(dtype),
         "model": args.model, "rank": args.rank, "compiled": compile_step, "summary": summary, "rows": rows,
     }, indent=2))
-    print(f"\nwrote {args.out} and {', '.join(str(p) for p in plots)}")
+    print(f"\nwrote {out} and {', '.join(str(p) for p in plots)}")
 
 
 if __name__ == "__main__":

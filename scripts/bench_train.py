@@ -1,10 +1,11 @@
 """Training throughput of every attention variant through the real CLI (Trainer + LightningModule).
 
-    python scripts/bench_train.py [--variants mha,mla_rope] [--rank 0.5] [--out docs/bench_train.json] [-- overrides]
+    python scripts/bench_train.py [--variants mha,mla_rope] [--rank 0.5] [--out docs/] [overrides ...]
 
 Each variant runs `python -m latentlm.train experiment=bench_train attention=<v>` in its own process and its
 summary.json is tabulated: params, tokens/s, ms/step, MFU (against 989.4 TFLOP/s dense bf16 for H100/H200),
-the ratio to a bf16 matmul rate measured here, and peak memory.
+the ratio to a bf16 matmul rate measured here, and peak memory. Without a GPU it runs the CPU twin,
+experiment=bench_train_smoke (the tiny model, 30 steps a variant), unless --experiment says otherwise.
 """
 
 import argparse
@@ -16,6 +17,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from benchlib import add_out_argument, run_dir
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = "mha,mqa,gqa,mla,mla_rope,mlra"
@@ -41,20 +43,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=VARIANTS)
     parser.add_argument("--rank", type=float, default=0.5)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench_train.json")
-    parser.add_argument("--runs", type=Path, default=REPO / "logs" / "bench_train")
+    parser.add_argument("--experiment",
+                        help="the training config (default: bench_train on a GPU, its CPU twin bench_train_smoke "
+                        "otherwise)")
+    add_out_argument(parser, "train", "bench_train.json")
+    parser.add_argument("--runs", type=Path, default=run_dir("train") / "runs",
+                        help="the folder for the training runs (default: logs/bench/train/<time>/runs/)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
+    if args.experiment is None:
+        args.experiment = "bench_train" if torch.cuda.is_available() else "bench_train_smoke"
+        if args.experiment == "bench_train_smoke":
+            print("no GPU: experiment=bench_train_smoke (model=tiny, 30 steps a variant); "
+                  "--experiment bench_train runs the GPU benchmark (model=30m)", flush=True)
 
     matmul = matmul_tflops()
     rows = []
     for variant in args.variants.split(","):
-        run_dir = args.runs / f"{variant}-r{args.rank}"
-        cmd = [sys.executable, "-m", "latentlm.train", "experiment=bench_train", f"attention={variant}",
-               f"rank={args.rank}", f"hydra.run.dir={run_dir}", *args.overrides]
+        variant_dir = (args.runs / f"{variant}-r{args.rank}").resolve()  # the runs start in the repo
+        cmd = [sys.executable, "-m", "latentlm.train", f"experiment={args.experiment}", f"attention={variant}",
+               f"rank={args.rank}", f"hydra.run.dir={variant_dir}", *args.overrides]
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
-        s = json.loads((run_dir / "summary.json").read_text())
+        s = json.loads((variant_dir / "summary.json").read_text())
         cfg_batch_tokens = s["tokens"] / s["steps"]
         rows.append({
             "variant": variant, "rank": args.rank, "params": s["params"], "tokens_per_s": s["tokens_per_s"],
@@ -71,14 +82,16 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-        print(f"| {r['variant']} | {r['params'] / 1e6:.1f}M | {r['tokens_per_s'] / 1e6:.2f}M | "
+        print(f"| {r['variant']} | {r['params'] / 1e6:.1f}M | {r['tokens_per_s']:,.0f} | "
               f"{fmt(r['tokens_per_s'] / mha if mha else None, '.2f')} | {r['ms_per_step']:.1f} | "
               f"{fmt(r['mfu'], '.1%')} | {fmt(r['matmul_fraction'], '.1%')} | {r['flops_per_token'] / 1e9:.3f} | "
               f"{fmt(r['peak_memory_gib'], '.1f')} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": str(date.today()), "time": time.strftime("%H:%M:%S"),
-                                    "command": " ".join(sys.argv), "matmul_tflops": matmul, "rows": rows}, indent=2))
-    print(f"\nwrote {args.out}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "bench_train.json"
+    path.write_text(json.dumps({"date": str(date.today()), "time": time.strftime("%H:%M:%S"),
+                                "command": " ".join(sys.argv), "experiment": args.experiment, "matmul_tflops": matmul,
+                                "rows": rows}, indent=2))
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

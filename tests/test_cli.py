@@ -1,6 +1,8 @@
 """End-to-end runs through the real CLI (Hydra + Lightning), as a user types them."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -99,6 +101,7 @@ def test_wandb_offline_run(data_root, tmp_path):
         (["attention=gqa", "attention.n_kv_heads=3"], "attention.n_kv_heads=3 does not divide model.n_head=2"),
         (["data.seq_len=64"], "data.seq_len=64 is longer than the context model.block_size=32"),
         (["data=text", "data.files=/nonexistent/*.txt"], "data.files=/nonexistent/*.txt matches no file"),
+        (["data=text"], "data.files is required with data=text: give files or globs, e.g. data.files='my/*.txt'"),
         (["data=tinystories", "data.local_path=/nonexistent"], "data.local_path=/nonexistent does not exist"),
         (["data=text", "data.files=README.md", "data.split=paragraph"], "data.split=paragraph is not a text split"),
         (["data.batch_size=0"], "data.batch_size=0 must be a whole number of sequences, at least 1"),
@@ -190,3 +193,78 @@ def test_compiled_training_on_gpu_matches_eager_to_bf16_precision(data_root, tmp
         losses[compile_flag] = dict(series(read_metrics(run_dir), "train/loss"))
     assert len(losses["auto"]) == 20 and losses["auto"].keys() == losses["false"].keys()
     assert losses["auto"] == {step: pytest.approx(loss, rel=1e-2) for step, loss in losses["false"].items()}
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single `error:` line of a CLI that stopped with exit 2, no traceback."""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    return errors[0]
+
+
+def test_gpt2_tokenizer_offline_is_one_line(tmp_path):
+    """An empty tiktoken cache, and a proxy that refuses every connection: the download fails here, not online."""
+    proxy = "http://127.0.0.1:9"
+    proc = run_train("experiment=smoke", "tokenizer=gpt2", f"hydra.run.dir={tmp_path / 'run'}", root=tmp_path,
+                     check=False, env={"TIKTOKEN_CACHE_DIR": str(tmp_path / "tiktoken"), "HTTPS_PROXY": proxy,
+                                       "HTTP_PROXY": proxy, "NO_PROXY": ""})
+    assert one_error_line(proc).startswith("error: tokenizer=gpt2 needs tiktoken's gpt2 files, which could not be "
+                                           f"loaded (ProxyError); TIKTOKEN_CACHE_DIR={tmp_path / 'tiktoken'}.")
+    assert not (tmp_path / "run").exists()  # bad input leaves no run folder
+
+
+def test_tinystories_offline_is_one_line(tmp_path):
+    proc = run_train("experiment=smoke", "data=tinystories", f"hydra.run.dir={tmp_path / 'run'}", root=tmp_path,
+                     check=False, env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+    assert one_error_line(proc).startswith(
+        "error: data=tinystories could not load data.path=roneneldan/TinyStories from the Hugging Face Hub or its cache"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_compare_wandb_without_an_api_key_is_one_line(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    environment |= {"HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path), "NETRC": str(tmp_path / "netrc")}
+    proc = subprocess.run([sys.executable, "-m", "latentlm.compare", "wandb:e/p/g"], cwd=REPO, capture_output=True,
+                          text=True, env=environment, timeout=120)
+    assert one_error_line(proc) == (
+        "error: wandb:e/p/g: cannot read W&B (UsageError: No API key configured. Use `wandb login` to log in.); a "
+        "wandb: source needs network and an API key (WANDB_API_KEY or `wandb login`); offline runs compare from "
+        "their run dirs"
+    )
+
+
+def test_help_imports_no_torch():
+    """`--help` answers from the configs alone: torch and Lightning, seconds to import, stay out."""
+    script = ("import sys\nfrom latentlm.train import main\nsys.argv = ['train', '--help']\ntry:\n    main()\n"
+              "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "== Configuration groups ==" in proc.stdout and proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_run_prints_no_library_noise(data_root, tmp_path):
+    proc = run_train("experiment=smoke", "logger=default", "trainer.max_steps=10", f"hydra.run.dir={tmp_path / 'run'}",
+                     root=data_root, env={"WANDB_SILENT": "false"})
+    output = proc.stdout + proc.stderr
+    for noise in ("litlogger", "LeafSpec", "anonymous setting"):
+        assert noise not in output
+    assert output.count("GPU available:") == 1  # Lightning's lines once, not also through its own handler
+    assert "wandb sync" in output  # W&B's own lines, which say where the offline run is, stay
+
+
+def test_profiler_shows_top_cpu_ops_and_warns_of_a_window_outside_the_run(data_root, tmp_path):
+    profile = "+callbacks.profile._target_=latentlm.callbacks.ProfileSteps"
+    late = "+callbacks.late._target_=latentlm.callbacks.ProfileSteps"  # the default window, steps 30-35
+    proc = run_train("experiment=smoke", "trainer.max_steps=10", profile, "+callbacks.profile.start=4",
+                     "+callbacks.profile.steps=2", late, f"hydra.run.dir={tmp_path / 'run'}", root=data_root)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert sum("profile: steps 30-35 lie outside this run (steps 0-10): nothing will be profiled" in line
+               for line in lines) == 1
+    (start,) = [i for i, line in enumerate(lines) if "ms wall per step; top ops by self CPU time:" in line]
+    row = re.compile(r" - +([\d.]+) ms/step +[\d.]+ calls/step  (\S+)")
+    rows = [row.search(line) for line in lines[start + 1 : start + 16]]
+    assert all(rows), lines[start : start + 16]
+    times = [float(r.group(1)) for r in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0
+    assert {"aten::mm", "aten::addmm", "aten::bmm"} & {r.group(2) for r in rows}  # the matmuls are among them
+    assert not [line for line in lines if line.startswith("USDT:")]  # kineto's profiler_start/stop marks

@@ -490,6 +490,29 @@ def test_wandb_source_reads_a_group_through_the_api(monkeypatch, tmp_path, capsy
     assert all((out / name).is_file() for name in PLOTS)
 
 
+def test_wandb_source_without_an_answer_is_one_line(monkeypatch, capsys):
+    """What wandb raised here with a key but no server to reach (after about 25 s), as a fake: one line, exit 2.
+    (Without a key, the real wandb: tests/test_cli.py.)"""
+    import wandb
+
+    def no_server():
+        raise wandb.errors.AuthenticationError(
+            "Failed to verify credentials with https://api.wandb.ai: Failed to execute API request: the service "
+            "process is busy and did not respond in time."
+        )
+
+    monkeypatch.setattr(wandb, "Api", no_server)
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["wandb:me/latentlm/g"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: wandb:me/latentlm/g: cannot read W&B (AuthenticationError: Failed to verify credentials with "
+        "https://api.wandb.ai: Failed to execute API request: the service process is busy and did not respond in "
+        "time.); a wandb: source needs network and an API key (WANDB_API_KEY or `wandb login`); offline runs "
+        "compare from their run dirs\n"
+    )
+
+
 # ------------------------------------------------------------------------------------------- the experiments
 
 

@@ -226,7 +226,7 @@ def test_tinystories_offline_without_cache_names_both_fixes(tmp_path, monkeypatc
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     cfg = tinystories_cfg(None, tmp_path / "empty_hf_cache")
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(ConfigError) as err:
         pipeline.documents(cfg)
     assert "HF_DATASETS_OFFLINE=1" in str(err.value) and "data.local_path=" in str(err.value)
     assert "data.path=roneneldan/TinyStories" in str(err.value)

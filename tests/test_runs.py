@@ -154,3 +154,29 @@ def test_resume_after_a_crash_is_exact(data_root, tmp_path):
     for key, value in final["whole"].items():
         assert torch.equal(value, final["resumed"][key]), key
     assert summary(resumed)["val_loss_final"] == summary(whole)["val_loss_final"]
+
+
+def test_a_run_resumed_from_its_own_checkpoint_goes_on_in_its_folder(smoke_run, data_root, tmp_path):
+    """The fixture's run again, crashed at step 15 and resumed from <run>/checkpoints/last.ckpt (step 10) with no
+    run dir given: it goes on in its own folder, whose metrics.csv then holds what the uninterrupted run logged."""
+    run_dir, runs = tmp_path / "run", data_root / "logs" / "train" / "runs"
+    common = ("experiment=smoke", "attention=mla_rope", "rank=0.5")
+    proc = run_train(*common, "+callbacks.crash._target_=tests.crash.CrashAt", "+callbacks.crash.step=15",
+                     f"hydra.run.dir={run_dir}", root=data_root, check=False)
+    assert proc.returncode != 0 and not (run_dir / "summary.json").exists()
+    before = set(runs.iterdir()) if runs.exists() else set()
+    proc = run_train(*common, f"ckpt_path={run_dir}/checkpoints/last.ckpt", root=data_root)
+    assert (set(runs.iterdir()) if runs.exists() else set()) == before  # no new run folder
+    output = proc.stdout + proc.stderr
+    assert f"resuming at step 10 in the checkpoint's own run folder {run_dir}:" in output
+    assert "won't be reloaded" not in output  # Lightning's ModelCheckpoint found its own folder again
+    assert summary(run_dir)["status"] == "ok" and summary(run_dir)["steps"] == 30
+    whole, resumed = read_metrics(smoke_run), read_metrics(run_dir)
+    for key in ("train/loss", "val/loss", "lr-AdamW/pg1", "data/entropy_floor"):
+        assert series(resumed, key) == series(whole, key), key
+    # A refused resume stops with its one line and leaves the finished run's summary as it was.
+    before = summary(run_dir)
+    proc = run_train(*common, "trainer.max_steps=40", f"ckpt_path={run_dir}/checkpoints/last.ckpt", root=data_root,
+                     check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: trainer.max_steps=40")
+    assert summary(run_dir) == before

@@ -83,7 +83,7 @@ def test_gpt2_error_names_the_files_tiktoken_reads(offline_tiktoken, monkeypatch
     """Without the files, the error says where to put them: each of GPT2_URLS under tiktoken_cache_name(url) in
     TIKTOKEN_CACHE_DIR. Files put there are what tiktoken then reads in place of the network."""
     cache_dir, downloads = offline_tiktoken
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(ConfigError) as err:
         load_encoding("gpt2")
     assert f"TIKTOKEN_CACHE_DIR={cache_dir}" in str(err.value)
     for url in GPT2_URLS:
@@ -95,6 +95,6 @@ def test_gpt2_error_names_the_files_tiktoken_reads(offline_tiktoken, monkeypatch
     downloads.clear()
     (cache_dir / tiktoken_cache_name(GPT2_URLS[0])).write_text("#version: 0.2\n")  # no merges
     (cache_dir / tiktoken_cache_name(GPT2_URLS[1])).write_text("{}")
-    with pytest.raises(RuntimeError, match="TIKTOKEN_CACHE_DIR"):
+    with pytest.raises(ConfigError, match="TIKTOKEN_CACHE_DIR"):
         load_encoding("gpt2")
     assert downloads == []

@@ -416,7 +416,7 @@ def _tinystories(data_cfg: dict[str, Any], report: dict[str, Any]) -> dict[str, 
         try:
             loaded = datasets.load_dataset(data_cfg["path"], cache_dir=cache_dir)
         except Exception as err:  # offline and not cached (ConnectionError, FileNotFoundError, hub errors)
-            raise RuntimeError(
+            raise ConfigError(
                 f"data=tinystories could not load data.path={data_cfg['path']} from the Hugging Face Hub or its "
                 f"cache ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Either load it once "
                 "with network (it is then cached under HF_DATASETS_CACHE; on a machine without network copy that "
@@ -426,7 +426,7 @@ def _tinystories(data_cfg: dict[str, Any], report: dict[str, Any]) -> dict[str, 
         where = f"data.path={data_cfg['path']}"
     for split, ds in loaded.items():
         if "text" not in ds.column_names:
-            raise ValueError(f"{where}: split {split} has columns {ds.column_names}, no `text` column")
+            raise ConfigError(f"{where}: split {split} has columns {ds.column_names}, no `text` column")
     separator = data_cfg.get("separator") or "<|endoftext|>"
     val_cap, train_cap = data_cfg.get("val_stories"), data_cfg.get("num_stories")
     train_stream = _stories(loaded["train"], separator, lines, report)
@@ -434,11 +434,11 @@ def _tinystories(data_cfg: dict[str, Any], report: dict[str, Any]) -> dict[str, 
         val = _take(_stories(loaded["validation"], separator, lines, report), val_cap)
     else:  # no validation files: the first val_stories stories are validation, the training stories follow them
         if not val_cap:
-            raise ValueError(f"{where} has no validation split; set data.val_stories to take them from train")
+            raise ConfigError(f"{where} has no validation split; set data.val_stories to take them from train")
         val = _take(train_stream, val_cap)
     train = _take(train_stream, train_cap)
     if not train or not val:
-        raise ValueError(f"{where}: {len(train)} training and {len(val)} validation stories; need both")
+        raise ConfigError(f"{where}: {len(train)} training and {len(val)} validation stories; need both")
     return {"train": datasets.Dataset.from_dict({"text": train}), "val": datasets.Dataset.from_dict({"text": val})}
 
 

@@ -114,7 +114,7 @@ def tokenizer_encoding(tokenizer: dict[str, Any]) -> tiktoken.Encoding:
             return tiktoken.get_encoding("gpt2")
         except Exception as err:  # no network and no TIKTOKEN_CACHE_DIR copy
             cache = os.environ.get("TIKTOKEN_CACHE_DIR", "<unset>")
-            raise RuntimeError(
+            raise ConfigError(
                 f"tokenizer=gpt2 needs tiktoken's gpt2 files, which could not be loaded ({type(err).__name__}); "
                 f"TIKTOKEN_CACHE_DIR={cache}. On a machine with network, run "
                 "`python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\"` with TIKTOKEN_CACHE_DIR set, "
