@@ -1,5 +1,6 @@
 """The token pipeline: packed files, the fingerprinted cache, atomic builds."""
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -166,6 +167,24 @@ def test_worker_processes_give_the_same_cache(tmp_path, monkeypatch):
         assert forked.meta["splits"][split] == serial.meta["splits"][split]  # tokens, bytes, logp, floor
     assert set(forked.meta["build_seconds"]) == {"documents", "tokenizer", "tokenize", "total"}
 
+
+
+# sha256 of train.bin and val.bin as built before tokenisation moved to Dataset.map (generator "stories-1"):
+# a change of pipeline must leave every token file byte for byte as it was.
+PINNED = {
+    "bpe": ("0eccc02cbbfd854f6657725a7157ad22fd110743ed525ec290e81b8dafcb80f1",
+            "c2bd17cce239b46bead99a8cfb51db1048f3c3994fd416d1c7f897ada51b0e49"),
+    "bytes": ("f125dfa273e53513aeb38d239f652507376f7200b7240105d22bdebf645c5a26",
+              "fab3614614cd6d0ee21dd8218275ed3649b14571b455ba200a5dce2e26069504"),
+}
+
+
+@pytest.mark.parametrize("tokenizer", [BPE, BYTES], ids=["bpe", "bytes"])
+def test_token_files_are_pinned(tmp_path, tokenizer):
+    cfg = {"source": "synthetic", "num_stories": 300, "val_stories": 20, "seed": 7}
+    cache = build_cache(tmp_path / "cache", cfg, tokenizer)
+    digests = tuple(hashlib.sha256(cache.split_path(s).read_bytes()).hexdigest() for s in ("train", "val"))
+    assert digests == PINNED[tokenizer["kind"]]
 
 # TinyStories in the dataset's own schema (one `text` column), as on the Hub.
 STORIES = [f"Once upon a time, {name} found {i} shells. The end 🙂" for i, name in
