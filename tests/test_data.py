@@ -159,13 +159,14 @@ def test_literal_eot_inside_a_document_stays_text(tmp_path):
 def test_worker_processes_give_the_same_cache(tmp_path, monkeypatch):
     cfg = {"source": "synthetic", "num_stories": 120, "val_stories": 10, "seed": 3}
     serial = build_cache(tmp_path / "serial", cfg, BPE)
-    monkeypatch.setattr(pipeline, "PARALLEL_MIN_DOCS", 0)  # use the pool for these few stories
-    assert len(pipeline._chunks(120, 2)) > 1
+    monkeypatch.setattr(pipeline, "PARALLEL_MIN_DOCS", 0)  # use worker processes for these few stories
+    assert pipeline._workers(120, 2) == 2
     forked = build_cache(tmp_path / "forked", cfg, BPE, num_proc=2)
     for split in ("train", "val"):
         assert forked.split_path(split).read_bytes() == serial.split_path(split).read_bytes()
         assert forked.meta["splits"][split] == serial.meta["splits"][split]  # tokens, bytes, logp, floor
     assert set(forked.meta["build_seconds"]) == {"documents", "tokenizer", "tokenize", "total"}
+    assert sorted(p.name for p in forked.path.iterdir()) == ["meta.json", "tokenizer.tiktoken", "train.bin", "val.bin"]
 
 
 
@@ -271,11 +272,8 @@ def test_joined_tokenisation_equals_one_call_a_document(tmp_path):
     train_bpe(texts * 5, 300, tmp_path / "tok.tiktoken")
     for enc in (load_encoding("bpe", tmp_path / "tok.tiktoken"), load_encoding("bytes")):
         per_doc = [t for text in texts for t in [*enc.encode_ordinary(text), enc.eot_token]]
-        pipeline._WORK.update({"encoding": enc, "texts": texts, "dtype": np.uint32})
-        try:
-            assert pipeline._encode_chunk(0, len(texts)).tolist() == per_doc
-        finally:
-            pipeline._WORK.clear()
+        (joined,) = pipeline._encode_batch({"text": texts}, enc, np.uint32)["tokens"]
+        assert joined.tolist() == per_doc
 
 
 FORTUNES = "%\nA fortune\non two lines.\n%\nAnother one.\n%\n\n%\nThe last, 100% true.\n"
