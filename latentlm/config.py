@@ -8,7 +8,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# An installed wheel holds the repo's configs/ as latentlm/configs (pyproject.toml maps it); a checkout has configs/
+# beside the package.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+if not CONFIG_DIR.is_dir():
+    CONFIG_DIR = CONFIG_DIR.parent.parent / "configs"
 GROUPS = (
     "model",
     "attention",
