@@ -9,22 +9,17 @@ import sys
 import pytest
 import torch
 from conftest import REPO
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from latentlm.config import CONFIG_DIR, GROUPS, group_choices, register_resolvers
+from latentlm.config import GROUPS, compose_train, group_choices
 from latentlm.model import GPT
 
-register_resolvers()
 OPTIONS = [(g, o) for g in GROUPS for o in group_choices(g)]
 
 
 def compose_cfg(*overrides: str, tmp_path):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # lets ${hydra:...} resolve, as in a real run
+    cfg = compose_train([f"paths.root_dir={tmp_path}", *overrides], hydra_config=True)  # ${hydra:...} resolves
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "out")
         del cfg.hydra  # as in a task function, which never sees the hydra node

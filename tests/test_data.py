@@ -306,16 +306,13 @@ def test_text_split_modes_and_documents_per_file(tmp_path, caplog, split, separa
 
 def test_fortune_separator_from_the_command_line(tmp_path):
     """`data.split=regex data.separator='^%$'` as typed on the command line reaches the splitter intact."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from latentlm.config import CONFIG_DIR, register_resolvers
+    from latentlm.config import compose_train
 
-    register_resolvers()
     (tmp_path / "fortunes").write_text(FORTUNES, encoding="utf-8")
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["data=text", f"data.files={tmp_path / 'fortunes'}", "data.split=regex",
-                                          "data.separator='^%$'", "data.val_fraction=0.3"])
+    cfg = compose_train(["data=text", f"data.files={tmp_path / 'fortunes'}", "data.split=regex",
+                         "data.separator='^%$'", "data.val_fraction=0.3"])
     splits = pipeline.documents(OmegaConf.to_container(cfg.data, resolve=True))
     assert list(splits["train"]["text"]) == ["A fortune\non two lines.", "Another one."]
     assert list(splits["val"]["text"]) == ["The last, 100% true."]
