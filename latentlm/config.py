@@ -1,14 +1,20 @@
-"""Config helpers: resolvers, the one-line checks that run before any work, and CLI group-choice checks."""
+"""Config helpers: resolvers, composing the train config, the one-line checks that run before any work, and CLI
+group-choice checks."""
 
 import difflib
 import os
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# An installed wheel holds the repo's configs/ as latentlm/configs (pyproject.toml maps it); a checkout has configs/
+# beside the package.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+if not CONFIG_DIR.is_dir():
+    CONFIG_DIR = CONFIG_DIR.parent.parent / "configs"
 GROUPS = (
     "model",
     "attention",
@@ -45,6 +51,23 @@ def run_dir(ckpt_path: str | None, new_dir: str) -> str:
     return new_dir
 
 
+def compose_train(overrides: Iterable[str] = (), hydra_config: bool = False) -> DictConfig:
+    """The train config with these command-line overrides, composed outside a run (resolvers registered).
+
+    With `hydra_config`, the config keeps its `hydra` node, which is also made the current HydraConfig, so that
+    `${hydra:...}` values resolve as in a run.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    register_resolvers()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=hydra_config)
+    if hydra_config:
+        HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
 def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
@@ -74,12 +97,9 @@ def check_cli_keys(argv: list[str]) -> None:
     keys = [k for k in keys if k not in GROUPS and not k.startswith("hydra.")]
     if not keys:
         return
-    from hydra import compose, initialize_config_dir
-
     choices = [f"{k}={v.split(',')[0]}" for a in argv if (m := re.fullmatch(r"([a-z_]+)=(.+)", a))
                for k, v in [m.groups()] if k in GROUPS]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=choices)
+    cfg = compose_train(choices)
     for key in keys:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg

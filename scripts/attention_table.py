@@ -6,16 +6,13 @@
 import argparse
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from latentlm.config import CONFIG_DIR, group_choices, register_resolvers
+from latentlm.config import compose_train, group_choices
 
 
 def build(model: str, attention: str, rank: float):
-    register_resolvers()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", f"attention={attention}", f"rank={rank}"])
+    cfg = compose_train([f"model={model}", f"attention={attention}", f"rank={rank}"])
     with torch.device("meta"):
         return instantiate(cfg.model, vocab_size=4096, _convert_="all")
 

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import torch
 from benchlib import add_out_argument
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from latentlm.config import CONFIG_DIR, register_resolvers
+from latentlm.config import compose_train
 from latentlm.model import GPT
 
 VARIANTS = "mha,mqa,gqa,mla,mla_rope,mla_rope@1.0,mla_rope:naive,mla_rope_split,mlra,mlra:naive"
@@ -50,10 +49,7 @@ def parse_variant(variant: str, default_rank: float) -> tuple[str, float, str]:
 
 def build(variant: str, model: str, default_rank: float, max_len: int, device: str, dtype: torch.dtype) -> GPT:
     name, rank, path = parse_variant(variant, default_rank)
-    register_resolvers()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", f"attention={name}", f"rank={rank}",
-                                          f"model.block_size={max_len}"])
+    cfg = compose_train([f"model={model}", f"attention={name}", f"rank={rank}", f"model.block_size={max_len}"])
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.pop("_target_")
     if path:

@@ -5,23 +5,20 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from references import gqa_weights, latent_weights, reference_gqa, reference_latent
 
-from latentlm.config import CONFIG_DIR, group_choices, register_resolvers
+from latentlm.config import compose_train, group_choices
 from latentlm.model import GPT, KVCache
 from latentlm.model.attention import Attention, build_attention
 from latentlm.model.attention.latent import LatentAttention
 
-register_resolvers()
 VARIANTS = group_choices("attention")
 D, H, LAYERS, CTX, VOCAB = 64, 4, 2, 48, 101
 
 
 def attention_cfg(name: str, rank: float = 0.5, **extra) -> dict:
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"attention={name}", f"rank={rank}"])
+    cfg = compose_train([f"attention={name}", f"rank={rank}"])
     att = OmegaConf.to_container(cfg.attention, resolve=True)
     att.update(extra)
     return att

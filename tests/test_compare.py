@@ -14,12 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import REPO, read_metrics, run_train, series
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from matplotlib.image import imread
 
 from latentlm import compare, report
-from latentlm.config import CONFIG_DIR, group_choices, register_resolvers
+from latentlm.config import compose_train, group_choices, register_resolvers
 
 register_resolvers()
 PLOTS = (compare.CURVES_PNG, compare.PARETO_PNG)
@@ -517,14 +515,7 @@ def test_wandb_source_without_an_answer_is_one_line(monkeypatch, capsys):
 
 
 def compose_experiment(name: str, tmp_path, *overrides: str):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[f"experiment={name}", f"paths.root_dir={tmp_path}", *overrides],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_train([f"experiment={name}", f"paths.root_dir={tmp_path}", *overrides], hydra_config=True)
 
 
 def test_paper_mla_is_the_papers_setup(tmp_path):

@@ -1,23 +1,25 @@
-"""Every option of every config group composes, and what it configures instantiates."""
+"""Every option of every config group composes, and what it configures instantiates; an installed latentlm carries
+its configs."""
+
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
+from conftest import REPO
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from latentlm.config import CONFIG_DIR, GROUPS, group_choices, register_resolvers
+from latentlm.config import GROUPS, compose_train, group_choices
 from latentlm.model import GPT
 
-register_resolvers()
 OPTIONS = [(g, o) for g in GROUPS for o in group_choices(g)]
 
 
 def compose_cfg(*overrides: str, tmp_path):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={tmp_path}", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # lets ${hydra:...} resolve, as in a real run
+    cfg = compose_train([f"paths.root_dir={tmp_path}", *overrides], hydra_config=True)  # ${hydra:...} resolves
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "out")
         del cfg.hydra  # as in a task function, which never sees the hydra node
@@ -62,3 +64,32 @@ def test_model_30m_is_about_30m_parameters(tmp_path):
     with torch.device("meta"):
         net = instantiate(cfg.model, vocab_size=4096, _convert_="all")
     assert 25e6 < net.num_params() < 35e6
+
+
+def test_installed_package_carries_its_configs(tmp_path):
+    """`pip install .` (not editable) ships configs/ inside the package: the train CLI composes from any directory,
+    and every module and config file of the checkout is installed (pyproject.toml lists the packages)."""
+    src, site, elsewhere = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
+    for name in ("latentlm", "configs"):  # a copy, as the build writes build/ and *.egg-info beside the sources
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-compile"]
+    subprocess.run([*pip, "--target", str(site), str(src)], check=True, capture_output=True, timeout=120)
+    installed = {p.relative_to(site / "latentlm") for p in (site / "latentlm").rglob("*.*") if p.suffix != ".pyc"}
+    checkout = {p.relative_to(REPO / "latentlm") for p in (REPO / "latentlm").rglob("*.py")}
+    checkout |= {"configs" / p.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml")}
+    assert installed == checkout, sorted(map(str, installed ^ checkout))
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}  # the installed copy, not the checkout
+    proc = subprocess.run(
+        [sys.executable, "-m", "latentlm.train", "--cfg", "job", "attention=mla_rope"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "name: mla_rope" in proc.stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "from latentlm.config import CONFIG_DIR; print(CONFIG_DIR)"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
+    )
+    assert where.stdout.strip() == str(site / "latentlm" / "configs")

@@ -1,5 +1,6 @@
 """The token pipeline: packed files, the fingerprinted cache, atomic builds."""
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -158,14 +159,33 @@ def test_literal_eot_inside_a_document_stays_text(tmp_path):
 def test_worker_processes_give_the_same_cache(tmp_path, monkeypatch):
     cfg = {"source": "synthetic", "num_stories": 120, "val_stories": 10, "seed": 3}
     serial = build_cache(tmp_path / "serial", cfg, BPE)
-    monkeypatch.setattr(pipeline, "PARALLEL_MIN_DOCS", 0)  # use the pool for these few stories
-    assert len(pipeline._chunks(120, 2)) > 1
+    monkeypatch.setattr(pipeline, "PARALLEL_MIN_DOCS", 0)  # use worker processes for these few stories
+    assert pipeline._workers(120, 2) == 2
     forked = build_cache(tmp_path / "forked", cfg, BPE, num_proc=2)
     for split in ("train", "val"):
         assert forked.split_path(split).read_bytes() == serial.split_path(split).read_bytes()
         assert forked.meta["splits"][split] == serial.meta["splits"][split]  # tokens, bytes, logp, floor
     assert set(forked.meta["build_seconds"]) == {"documents", "tokenizer", "tokenize", "total"}
+    assert sorted(p.name for p in forked.path.iterdir()) == ["meta.json", "tokenizer.tiktoken", "train.bin", "val.bin"]
 
+
+
+# sha256 of train.bin and val.bin as built before tokenisation moved to Dataset.map (generator "stories-1"):
+# a change of pipeline must leave every token file byte for byte as it was.
+PINNED = {
+    "bpe": ("0eccc02cbbfd854f6657725a7157ad22fd110743ed525ec290e81b8dafcb80f1",
+            "c2bd17cce239b46bead99a8cfb51db1048f3c3994fd416d1c7f897ada51b0e49"),
+    "bytes": ("f125dfa273e53513aeb38d239f652507376f7200b7240105d22bdebf645c5a26",
+              "fab3614614cd6d0ee21dd8218275ed3649b14571b455ba200a5dce2e26069504"),
+}
+
+
+@pytest.mark.parametrize("tokenizer", [BPE, BYTES], ids=["bpe", "bytes"])
+def test_token_files_are_pinned(tmp_path, tokenizer):
+    cfg = {"source": "synthetic", "num_stories": 300, "val_stories": 20, "seed": 7}
+    cache = build_cache(tmp_path / "cache", cfg, tokenizer)
+    digests = tuple(hashlib.sha256(cache.split_path(s).read_bytes()).hexdigest() for s in ("train", "val"))
+    assert digests == PINNED[tokenizer["kind"]]
 
 # TinyStories in the dataset's own schema (one `text` column), as on the Hub.
 STORIES = [f"Once upon a time, {name} found {i} shells. The end 🙂" for i, name in
@@ -252,11 +272,8 @@ def test_joined_tokenisation_equals_one_call_a_document(tmp_path):
     train_bpe(texts * 5, 300, tmp_path / "tok.tiktoken")
     for enc in (load_encoding("bpe", tmp_path / "tok.tiktoken"), load_encoding("bytes")):
         per_doc = [t for text in texts for t in [*enc.encode_ordinary(text), enc.eot_token]]
-        pipeline._WORK.update({"encoding": enc, "texts": texts, "dtype": np.uint32})
-        try:
-            assert pipeline._encode_chunk(0, len(texts)).tolist() == per_doc
-        finally:
-            pipeline._WORK.clear()
+        (joined,) = pipeline._encode_batch({"text": texts}, enc, np.uint32)["tokens"]
+        assert joined.tolist() == per_doc
 
 
 FORTUNES = "%\nA fortune\non two lines.\n%\nAnother one.\n%\n\n%\nThe last, 100% true.\n"
@@ -289,16 +306,13 @@ def test_text_split_modes_and_documents_per_file(tmp_path, caplog, split, separa
 
 def test_fortune_separator_from_the_command_line(tmp_path):
     """`data.split=regex data.separator='^%$'` as typed on the command line reaches the splitter intact."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from latentlm.config import CONFIG_DIR, register_resolvers
+    from latentlm.config import compose_train
 
-    register_resolvers()
     (tmp_path / "fortunes").write_text(FORTUNES, encoding="utf-8")
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["data=text", f"data.files={tmp_path / 'fortunes'}", "data.split=regex",
-                                          "data.separator='^%$'", "data.val_fraction=0.3"])
+    cfg = compose_train(["data=text", f"data.files={tmp_path / 'fortunes'}", "data.split=regex",
+                         "data.separator='^%$'", "data.val_fraction=0.3"])
     splits = pipeline.documents(OmegaConf.to_container(cfg.data, resolve=True))
     assert list(splits["train"]["text"]) == ["A fortune\non two lines.", "Another one."]
     assert list(splits["val"]["text"]) == ["The last, 100% true."]

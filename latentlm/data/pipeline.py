@@ -8,7 +8,7 @@ the temporary folders that killed builds left behind.
 
 Sources: `synthetic` (the seeded story generator), `text` (the user's .txt/.jsonl files), `tinystories`
 (roneneldan/TinyStories through `datasets.load_dataset`, from the Hub, the HF cache or a local copy).
-Story generation and tokenisation of large splits run in `num_proc` forked worker processes.
+Story generation and tokenisation are `Dataset.map(batched=True)` calls, in `num_proc` processes for large splits.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from __future__ import annotations
 import fcntl
 import glob
 import hashlib
+import itertools
 import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 SOURCES = ("synthetic", "text", "tinystories")
 VAL_INDEX_OFFSET = 1_000_000_000  # synthetic validation stories come from a disjoint index range
-PARALLEL_MIN_DOCS = 20_000  # smaller splits are generated and tokenised in-process: a pool costs more than it saves
+PARALLEL_MIN_DOCS = 20_000  # smaller splits are generated and tokenised in-process: workers cost more than they save
 
 
 @dataclass(frozen=True)
@@ -250,7 +250,8 @@ def build_cache(
         seconds: dict[str, float] = {}
         started = clock = time.perf_counter()
         report: dict[str, Any] = {}
-        splits = documents(data_cfg, num_proc, report)
+        scratch = tmp / "arrow"  # Dataset.map's files, deleted before the folder is renamed into place
+        splits = documents(data_cfg, num_proc, report, scratch)
         seconds["documents"], clock = time.perf_counter() - clock, time.perf_counter()
         if report.get("empty_documents_skipped"):
             log.info("skipped %d empty documents", report["empty_documents_skipped"])
@@ -277,7 +278,8 @@ def build_cache(
             "splits": {},
         }
         for split, ds in splits.items():
-            meta["splits"][split] = _write_tokens(ds, enc, tmp / f"{split}.bin", dtype, num_proc)
+            meta["splits"][split] = _write_tokens(ds, enc, tmp / f"{split}.bin", dtype, num_proc, scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
         seconds["tokenize"] = time.perf_counter() - clock
         seconds["total"] = time.perf_counter() - started
         meta["build_seconds"] = seconds
@@ -319,12 +321,16 @@ def _lock_and_clean(cache_dir: Path) -> int:
 
 
 def documents(
-    data_cfg: dict[str, Any], num_proc: int | None = None, report: dict[str, Any] | None = None
+    data_cfg: dict[str, Any],
+    num_proc: int | None = None,
+    report: dict[str, Any] | None = None,
+    scratch: Path | None = None,
 ) -> dict[str, datasets.Dataset]:
     """Train and val documents as Datasets with a `text` column (synthetic ones also carry `logp`).
 
     `report`, when given, receives "empty_documents_skipped": documents (of text files or TinyStories) that were
-    empty or only whitespace and were left out.
+    empty or only whitespace and were left out. Generated stories are kept in Arrow files under `scratch`, if
+    given, else in memory.
     """
     import datasets
 
@@ -336,14 +342,18 @@ def documents(
             "train": range(data_cfg["num_stories"]),
             "val": range(VAL_INDEX_OFFSET, VAL_INDEX_OFFSET + data_cfg["val_stories"]),
         }
-        out = {}
-        for split, r in ranges.items():
-            chunks = _parallel(_generate_chunk, (data_cfg["seed"],), _chunks(len(r), num_proc), num_proc,
-                               offset=r.start)
-            texts = [t for chunk_texts, _ in chunks for t in chunk_texts]
-            logps = [lp for _, chunk_logps in chunks for lp in chunk_logps]
-            out[split] = datasets.Dataset.from_dict({"text": texts, "logp": logps})
-        return out
+        return {
+            split: datasets.Dataset.from_dict({"index": r}).map(
+                _generate_batch,
+                fn_kwargs={"seed": data_cfg["seed"]},
+                batched=True,
+                remove_columns=["index"],
+                num_proc=_workers(len(r), num_proc),
+                cache_file_name=_arrow_file(scratch, f"{split}-stories"),
+                desc=f"generating {split} stories",
+            )
+            for split, r in ranges.items()
+        }
     if source == "text":
         texts, empty = [], 0
         split = text_splitter(data_cfg)
@@ -431,12 +441,12 @@ def _tinystories(data_cfg: dict[str, Any], report: dict[str, Any]) -> dict[str, 
     val_cap, train_cap = data_cfg.get("val_stories"), data_cfg.get("num_stories")
     train_stream = _stories(loaded["train"], separator, lines, report)
     if "validation" in loaded:
-        val = _take(_stories(loaded["validation"], separator, lines, report), val_cap)
+        val = list(itertools.islice(_stories(loaded["validation"], separator, lines, report), val_cap))
     else:  # no validation files: the first val_stories stories are validation, the training stories follow them
         if not val_cap:
             raise ConfigError(f"{where} has no validation split; set data.val_stories to take them from train")
-        val = _take(train_stream, val_cap)
-    train = _take(train_stream, train_cap)
+        val = list(itertools.islice(train_stream, val_cap))
+    train = list(itertools.islice(train_stream, train_cap))
     if not train or not val:
         raise ConfigError(f"{where}: {len(train)} training and {len(val)} validation stories; need both")
     return {"train": datasets.Dataset.from_dict({"text": train}), "val": datasets.Dataset.from_dict({"text": val})}
@@ -471,73 +481,68 @@ def _stories(ds: datasets.Dataset, separator: str, lines: bool, report: dict[str
         yield from found("".join(pending))
 
 
-def _take(stream: Iterator[str], cap: int | None) -> list[str]:
-    out = []
-    for doc in stream:
-        out.append(doc)
-        if cap is not None and len(out) >= cap:
-            break
-    return out
+def _arrow_file(scratch: Path | None, name: str) -> str | None:
+    """Where a map writes its output: a memory-mapped file, so that worker processes hand back a file name rather
+    than the data (which `datasets` sends through a queue, at about twice the cost); None keeps it in memory."""
+    if scratch is None:
+        return None
+    scratch.mkdir(exist_ok=True)
+    return str(scratch / f"{name}.arrow")
 
 
-# Work for forked processes: each worker inherits _WORK from the parent and gets only index ranges.
-_WORK: dict[str, Any] = {}
+def _workers(n: int, num_proc: int | None) -> int | None:
+    """`num_proc` for a map over n documents: None (in-process) unless the split is large enough to gain."""
+    return num_proc if num_proc and num_proc > 1 and n >= PARALLEL_MIN_DOCS else None
 
 
-def _chunks(n: int, num_proc: int | None) -> list[tuple[int, int]]:
-    """[start, end) ranges covering n items: one if in-process, else a few per worker (for balance)."""
-    if not num_proc or num_proc < 2 or n < PARALLEL_MIN_DOCS:
-        return [(0, n)]
-    size = -(-n // (4 * num_proc))
-    return [(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def _parallel(fn: Callable, args: tuple, chunks: Sequence[tuple[int, int]], num_proc: int | None,
-              offset: int = 0, work: dict[str, Any] | None = None) -> list:
-    """fn(*args, start + offset, end + offset) for each chunk, in order: in a pool of forked workers if several."""
-    tasks = [(*args, start + offset, end + offset) for start, end in chunks]
-    _WORK.update(work or {})
-    try:
-        if len(tasks) == 1 or "fork" not in multiprocessing.get_all_start_methods():
-            return [fn(*t) for t in tasks]
-        with multiprocessing.get_context("fork").Pool(min(num_proc, len(tasks))) as pool:
-            return pool.starmap(fn, tasks, chunksize=1)
-    finally:
-        _WORK.clear()
-
-
-def _generate_chunk(seed: int, start: int, end: int) -> tuple[list[str], list[float]]:
+def _generate_batch(batch: dict[str, list], seed: int) -> dict[str, list]:
     from latentlm.data import stories
 
-    made = [stories.generate_story(seed, i) for i in range(start, end)]
-    return [s.text for s in made], [s.logp for s in made]
+    made = [stories.generate_story(seed, i) for i in batch["index"]]
+    return {"text": [s.text for s in made], "logp": [s.logp for s in made]}
 
 
-def _encode_chunk(start: int, end: int) -> np.ndarray:
-    """Tokens of documents start..end of _WORK["texts"], each followed by EOT, as one array."""
-    enc: tiktoken.Encoding = _WORK["encoding"]
-    texts = _WORK["texts"][start:end]
-    if not any(EOT in t for t in texts):  # one call on the joined text: about twice as fast, the same tokens
-        joined = EOT.join(texts) + EOT if texts else ""
-        return enc.encode_to_numpy(joined, allowed_special={EOT}, disallowed_special=()).astype(_WORK["dtype"])
-    ids: list[int] = []  # a document holding the literal EOT string: that text stays ordinary text
-    for text in texts:
-        ids += enc.encode_ordinary(text)
-        ids.append(enc.eot_token)
-    return np.array(ids, dtype=_WORK["dtype"])
+def _encode_batch(batch: dict[str, list], enc: tiktoken.Encoding, dtype: type) -> dict[str, list[np.ndarray]]:
+    """A batch of documents -> one row: their tokens, each document followed by EOT."""
+    texts = batch["text"]
+    if any(EOT in t for t in texts):  # a document holding the literal EOT string: that text stays ordinary text
+        ids = [t for doc in enc.encode_ordinary_batch(texts) for t in (*doc, enc.eot_token)]
+        return {"tokens": [np.array(ids, dtype=dtype)]}
+    # One call on the joined text, about twice as fast as a call a document and the same tokens: tiktoken cuts the
+    # text at special tokens before its regex splits it.
+    joined = EOT.join(texts) + EOT
+    return {"tokens": [enc.encode_to_numpy(joined, allowed_special={EOT}, disallowed_special=()).astype(dtype)]}
 
 
 def _write_tokens(
-    ds: datasets.Dataset, enc: tiktoken.Encoding, path: Path, dtype: type, num_proc: int | None = None
+    ds: datasets.Dataset,
+    enc: tiktoken.Encoding,
+    path: Path,
+    dtype: type,
+    num_proc: int | None = None,
+    scratch: Path | None = None,
 ) -> dict[str, Any]:
     """Tokenise the documents (in `num_proc` processes if many), append EOT to each, and write one flat array."""
-    texts = ds["text"]
-    work = {"encoding": enc, "texts": texts, "dtype": dtype}
-    parts = _parallel(_encode_chunk, (), _chunks(len(texts), num_proc), num_proc, work=work)
-    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-    tokens.tofile(path)
-    info: dict[str, Any] = {"documents": len(ds), "tokens": int(tokens.size), "bytes": tokens.nbytes}
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    packed = ds.map(
+        _encode_batch,
+        fn_kwargs={"enc": enc, "dtype": dtype},
+        batched=True,
+        remove_columns=ds.column_names,
+        num_proc=_workers(len(ds), num_proc),
+        cache_file_name=_arrow_file(scratch, f"{path.stem}-tokens"),
+        desc=f"tokenizing {path.stem}",
+    )
+    # Each batch's row in order, flattened without a copy (a map over no documents returns no column).
+    empty = pa.chunked_array([], pa.from_numpy_dtype(dtype))
+    tokens = pc.list_flatten(packed.data.column("tokens")) if len(ds) else empty
+    with open(path, "wb") as f:
+        for chunk in tokens.chunks:
+            chunk.to_numpy().tofile(f)
+    info: dict[str, Any] = {"documents": len(ds), "tokens": len(tokens), "bytes": path.stat().st_size}
     if "logp" in ds.column_names:  # exact log-likelihood known: the entropy floor in nats per token
-        info["neg_logp"] = float(-np.sum(ds["logp"]))
-        info["entropy_floor"] = info["neg_logp"] / tokens.size
+        info["neg_logp"] = float(-np.sum(ds.data.column("logp").to_numpy()))  # not ds["logp"], which reads by row
+        info["entropy_floor"] = info["neg_logp"] / len(tokens)
     return info
