@@ -78,6 +78,7 @@ def test_installed_package_carries_its_configs(tmp_path):
     subprocess.run([*pip, "--target", str(site), str(src)], check=True, capture_output=True, timeout=120)
     installed = {p.relative_to(site / "latentlm") for p in (site / "latentlm").rglob("*.*") if p.suffix != ".pyc"}
     checkout = {p.relative_to(REPO / "latentlm") for p in (REPO / "latentlm").rglob("*.py")}
+    checkout |= {p.relative_to(REPO / "latentlm") for p in (REPO / "latentlm").rglob("*.txt")}  # the story words
     checkout |= {"configs" / p.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml")}
     assert installed == checkout, sorted(map(str, installed ^ checkout))
     elsewhere.mkdir()
