@@ -2,6 +2,7 @@
 exported folder loads with AutoModelForCausalLM and gives latentlm's logits and greedy tokens, and AutoTokenizer
 encodes as latentlm's tiktoken encoding does. Skipped where transformers is not installed."""
 
+import json
 import math
 
 import pytest
@@ -96,6 +97,19 @@ def test_export_matches_latentlm_logits_and_greedy_tokens(block, name, extra, to
     assert actual == expected
 
 
+def test_deepseek_rope_rows_are_permuted_for_interleaved_rope(tokenizer, tmp_path):
+    """The negative control of the MLA export: the same weights read with rotate-half RoPE (rope_interleave false,
+    the convention latentlm computes in) are far off, so the parity above rests on the row permutation."""
+    enc = tokenizer_encoding(tokenizer)
+    model = random_gpt("llama", "mla_rope", enc.n_vocab)
+    export(model, enc, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["rope_interleave"] is True
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config | {"rope_interleave": False}))
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    assert hf_logits_error(model, hf_model) > 1e-2
+
+
 @pytest.mark.parametrize("kind", ["bpe", "bytes"])
 def test_hf_tokenizer_encodes_as_tiktoken(kind, tokenizer, tmp_path):
     enc = tokenizer_encoding(tokenizer if kind == "bpe" else {"kind": "bytes"})
@@ -146,6 +160,9 @@ def test_export_cli_bad_input_is_one_line(tokenizer, tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     write_checkpoint(tmp_path / "good.ckpt", "gpt2", "mha", tokenizer)
     write_checkpoint(tmp_path / "random.ckpt", "gpt2", "mha", None)
+    (tmp_path / "old" / "checkpoints").mkdir(parents=True)  # a checkpoint with weights only, in a bare run dir
+    old = tmp_path / "old" / "checkpoints" / "old.ckpt"
+    torch.save({"state_dict": torch.load(tmp_path / "good.ckpt", weights_only=True)["state_dict"]}, old)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").touch()
     cases = [
@@ -154,6 +171,10 @@ def test_export_cli_bad_input_is_one_line(tokenizer, tmp_path, monkeypatch, caps
         ([f"ckpt={tmp_path / 'random.ckpt'}", "out=new"],
          f"error: ckpt={tmp_path / 'random.ckpt'} has no tokenizer to write text with: its run trained on random "
          "tokens"),
+        ([f"ckpt={old}", "out=new"],
+         f"error: ckpt={old} holds no model config and tokenizer (it predates checkpoints that keep them), and its "
+         f"run dir {tmp_path / 'old'} has no config.yaml and tokenizer.json either; load it from its run's "
+         "checkpoints/"),
         (["ckpt=/nonexistent.ckpt", "out=new"],
          "error: ckpt=/nonexistent.ckpt is not a file; pass a .ckpt from a run's checkpoints/ folder"),
         (["out=new"],
@@ -162,5 +183,5 @@ def test_export_cli_bad_input_is_one_line(tokenizer, tmp_path, monkeypatch, caps
     for args, expected in cases:
         code, out, err = run_main(capsys, export_cli._hydra_main, *args)
         assert code == 2 and out == "" and err.strip().splitlines() == [expected]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "good.ckpt", "random.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "good.ckpt", "old", "random.ckpt"]
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["x"]
