@@ -8,14 +8,16 @@ import math
 import pytest
 import torch
 from conftest import run_main
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from test_attention import CTX, gpt_config
 
 transformers = pytest.importorskip("transformers")
 
 from latentlm import export as export_cli  # noqa: E402
-from latentlm.config import ConfigError  # noqa: E402
+from latentlm.config import CONFIG_DIR, ConfigError  # noqa: E402
 from latentlm.data.tokenizer import tokenizer_encoding, train_bpe  # noqa: E402
-from latentlm.export import export  # noqa: E402
+from latentlm.export import export, hf_model  # noqa: E402
 from latentlm.generate import generate  # noqa: E402
 from latentlm.lit import LitGPT  # noqa: E402
 from latentlm.model import GPT  # noqa: E402
@@ -185,3 +187,16 @@ def test_export_cli_bad_input_is_one_line(tokenizer, tmp_path, monkeypatch, caps
         assert code == 2 and out == "" and err.strip().splitlines() == [expected]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "good.ckpt", "old", "random.ckpt"]
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["x"]
+
+
+def test_vllm_mla_preset_has_the_dims_vllm_serves_with_its_mla_cache():
+    """experiment=vllm_mla exports as DeepSeek-V3 with (qk_nope, qk_rope, v) = (64, 64, 128) and kv_lora_rank 256,
+    a set vLLM's MLA prefill and decode backends accept (docs/export.md)."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=vllm_mla"])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.pop("_target_")
+    config, _ = hf_model(GPT(300, **model_cfg), 299)
+    assert config["architectures"] == ["DeepseekV3ForCausalLM"]
+    dims = [config[k] for k in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "kv_lora_rank", "q_lora_rank")]
+    assert dims == [64, 64, 128, 256, None]
