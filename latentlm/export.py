@@ -33,7 +33,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from torch import Tensor
 
 from latentlm.config import CONFIG_DIR, ConfigError, fail
-from latentlm.data.tokenizer import EOT, GPT2_PATTERN, _unicode_to_byte
+from latentlm.data.tokenizer import EOT, GPT2_PATTERN, unicode_to_byte
 from latentlm.generate import load_checkpoint
 from latentlm.model import GPT
 from latentlm.model.attention.gqa import GroupedQueryAttention
@@ -260,10 +260,11 @@ def hf_tokenizer(enc: tiktoken.Encoding) -> Tokenizer:
     tiktoken keeps only ranks; the merge that made a token is the pair BPE reaches when it encodes the token's
     bytes with the lower ranks alone. tiktoken looks a whole pre-token up before merging, hence ignore_merges.
     """
+    # tiktoken has no public accessor for an Encoding's pattern and ranks; these attributes are what it is built from.
     if enc._pat_str != GPT2_PATTERN:
         raise ConfigError(f"tokenizer {enc.name} splits with a pattern other than GPT-2's; only GPT-2's is exported")
     ranks = enc._mergeable_ranks
-    char = {b: c for c, b in _unicode_to_byte().items()}
+    char = {b: c for c, b in unicode_to_byte().items()}
 
     def text(token: bytes) -> str:
         return "".join(char[b] for b in token)
