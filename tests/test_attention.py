@@ -12,6 +12,7 @@ from latentlm.config import compose_train, group_choices
 from latentlm.model import GPT, KVCache
 from latentlm.model.attention import Attention, build_attention
 from latentlm.model.attention.latent import LatentAttention
+from latentlm.model.gpt import BLOCKS
 
 VARIANTS = group_choices("attention")
 D, H, LAYERS, CTX, VOCAB = 64, 4, 2, 48, 101
@@ -24,14 +25,16 @@ def attention_cfg(name: str, rank: float = 0.5, **extra) -> dict:
     return att
 
 
-def gpt_config(name: str, rank: float = 0.5, **extra) -> dict:
+def gpt_config(name: str, rank: float = 0.5, block: str = "gpt2", **extra) -> dict:
     """The test GPT's keyword arguments but vocab_size (what LitGPT takes as `model`), attention `name`."""
-    return dict(d_model=D, n_layer=LAYERS, n_head=H, block_size=CTX, attention=attention_cfg(name, rank, **extra))
+    return dict(
+        d_model=D, n_layer=LAYERS, n_head=H, block_size=CTX, block=block, attention=attention_cfg(name, rank, **extra)
+    )
 
 
-def make_gpt(name: str, rank: float = 0.5, dtype=torch.float64, seed: int = 0, **extra) -> GPT:
+def make_gpt(name: str, rank: float = 0.5, dtype=torch.float64, seed: int = 0, block: str = "gpt2", **extra) -> GPT:
     torch.manual_seed(seed)
-    return GPT(VOCAB, **gpt_config(name, rank, **extra)).to(dtype).eval()
+    return GPT(VOCAB, **gpt_config(name, rank, block, **extra)).to(dtype).eval()
 
 
 # Which chunks of cached queries latent layers attend to absorbed: (absorb, absorb_max_tokens). "mixed" sends
@@ -57,10 +60,11 @@ def decode_logits(model: GPT, idx: torch.Tensor, chunks: list[int]) -> torch.Ten
     return torch.cat(out, dim=1)
 
 
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_cached_decode_equals_full_forward(name, dtype, tol):
-    model = make_gpt(name, dtype=dtype)
+def test_cached_decode_equals_full_forward(name, dtype, tol, block):
+    model = make_gpt(name, dtype=dtype, block=block)
     idx = torch.randint(0, VOCAB, (3, 40))
     full = model(idx)
     for path in DECODE_PATHS:
@@ -71,8 +75,9 @@ def test_cached_decode_equals_full_forward(name, dtype, tol):
 
 @pytest.mark.parametrize("name", [n for n in VARIANTS if attention_cfg(n)["type"] == "latent"])
 @pytest.mark.parametrize("rank", [0.25, 1.0])
-def test_absorbed_equals_naive(name, rank):
-    model = make_gpt(name, rank=rank, q_rank=0.5)
+@pytest.mark.parametrize("block", BLOCKS)
+def test_absorbed_equals_naive(name, rank, block):
+    model = make_gpt(name, rank=rank, block=block, q_rank=0.5)
     idx = torch.randint(0, VOCAB, (2, 40))
     logits = {}
     for path in DECODE_PATHS:
@@ -287,3 +292,18 @@ def test_sequence_longer_than_context_is_refused():
     model = make_gpt("mha")
     with pytest.raises(ValueError, match="longer than the context block_size=48"):
         model(torch.zeros(1, CTX + 1, dtype=torch.long))
+
+
+def test_unknown_block_is_refused():
+    with pytest.raises(ValueError, match=r"model.block='bert' is unknown; choose one of: gpt2, llama"):
+        make_gpt("mha", block="bert")
+
+
+def test_llama_block_has_rmsnorm_swiglu_and_no_biases():
+    """Per block: two RMSNorm weights and three SwiGLU matrices of 64 * ceil(8d/3 / 64) = 192 columns; the final
+    norm has a weight only."""
+    gpt2, llama = make_gpt("mha_rope"), make_gpt("mha_rope", block="llama")
+    attention = expected_attention_params("mha_rope", 0.5)
+    assert llama.num_params(non_embedding=True) == LAYERS * (attention + 2 * D + 3 * D * 192) + D
+    assert gpt2.num_params(non_embedding=True) == LAYERS * (attention + 2 * 2 * D + 8 * D * D) + 2 * D
+    assert not [n for n, _ in llama.named_parameters() if n.endswith("bias")]

@@ -34,7 +34,7 @@ def tiktoken_cache_name(url: str) -> str:
     return hashlib.sha1(url.encode()).hexdigest()
 
 
-def _unicode_to_byte() -> dict[str, int]:
+def unicode_to_byte() -> dict[str, int]:
     """Inverse of GPT-2's bytes_to_unicode: byte-level BPE tokens are strings of these stand-in characters."""
     printable = [
         *range(ord("!"), ord("~") + 1),
@@ -68,7 +68,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path, show_progress: 
     )
     tokenizer.train_from_iterator(texts, trainer)
     # HF assigns ids in merge order after the 256-byte alphabet, which is exactly tiktoken's rank order.
-    to_byte = _unicode_to_byte()
+    to_byte = unicode_to_byte()
     ranks = {bytes(to_byte[c] for c in token): i for token, i in tokenizer.get_vocab().items()}
     # tiktoken's rank format, one "base64(token) rank" a line (its own dump_tiktoken_bpe needs blobfile).
     lines = (

@@ -1,6 +1,11 @@
-"""A GPT-2-style pre-norm decoder whose attention layer is chosen by config (see latentlm.model.attention)."""
+"""A pre-norm decoder whose attention layer is chosen by config (see latentlm.model.attention).
+
+Two block families, chosen by `block`: "gpt2" (LayerNorm with bias, GELU MLP) and "llama" (RMSNorm, SwiGLU MLP).
+Neither has biases in its linear layers. They map onto different Hugging Face classes (latentlm.export).
+"""
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,13 +26,35 @@ class MLP(nn.Module):
         return self.dropout(self.proj(F.gelu(self.fc(x))))
 
 
-class Block(nn.Module):
-    def __init__(self, d_model: int, attn: Attention, dropout: float):
+class SwiGLU(nn.Module):
+    """proj(silu(gate(x)) * fc(x)) (Shazeer 2020), as Llama's MLP."""
+
+    def __init__(self, d_model: int, dropout: float):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(d_model)
+        # Three matrices of 8d/3 hold as many weights as GPT-2's two of 4d; rounded up to a multiple of 64.
+        hidden = 64 * math.ceil(8 * d_model / 3 / 64)
+        self.gate = nn.Linear(d_model, hidden, bias=False)
+        self.fc = nn.Linear(d_model, hidden, bias=False)
+        self.proj = nn.Linear(hidden, d_model, bias=False)  # named as MLP's, so GPT scales its init the same way
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.silu(self.gate(x)) * self.fc(x)))
+
+
+# block family -> (norm, MLP). RMSNorm's eps is Llama's and DeepSeek's 1e-6: its default (None) would be the
+# dtype's machine epsilon, which no exported model reproduces.
+BLOCKS = {"gpt2": (nn.LayerNorm, MLP), "llama": (partial(nn.RMSNorm, eps=1e-6), SwiGLU)}
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, attn: Attention, dropout: float, block: str = "gpt2"):
+        super().__init__()
+        norm, mlp = BLOCKS[block]
+        self.ln_1 = norm(d_model)
         self.attn = attn
-        self.ln_2 = nn.LayerNorm(d_model)
-        self.mlp = MLP(d_model, dropout)
+        self.ln_2 = norm(d_model)
+        self.mlp = mlp(d_model, dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
@@ -38,9 +65,10 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Token embedding tied to the LM head, vocab padded to a multiple of 64 for fast matmuls.
 
-    `attention` is the attention config: `name` (a label), `twin` (the baseline it is compared with; bookkeeping,
-    ignored here), `type` (a registry key), `pos_emb` ("learned" adds GPT-2's absolute position embedding;
-    "none" leaves positions to the attention, e.g. RoPE), and the variant's own keyword arguments.
+    `block` is the block family, "gpt2" or "llama" (BLOCKS). `attention` is the attention config: `name` (a label),
+    `twin` (the baseline it is compared with; bookkeeping, ignored here), `type` (a registry key), `pos_emb`
+    ("learned" adds GPT-2's absolute position embedding; "none" leaves positions to the attention, e.g. RoPE), and
+    the variant's own keyword arguments.
     """
 
     def __init__(
@@ -53,8 +81,12 @@ class GPT(nn.Module):
         attention: dict[str, Any],
         dropout: float = 0.0,
         vocab_multiple: int = 64,
+        block: str = "gpt2",
     ):
         super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"model.block={block!r} is unknown; choose one of: {', '.join(BLOCKS)}")
+        self.block = block
         attention = dict(attention)
         self.attention_name = attention.pop("name", attention["type"])
         attention.pop("twin", None)
@@ -74,10 +106,11 @@ class GPT(nn.Module):
                     d_model=d_model, n_head=n_head, max_seq_len=block_size, dropout=dropout, **attention
                 ),
                 dropout,
+                block,
             )
             for _ in range(n_layer)
         )
-        self.ln_f = nn.LayerNorm(d_model)
+        self.ln_f = BLOCKS[block][0](d_model)
         self.lm_head = nn.Linear(d_model, self.padded_vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
         self.apply(self._init_weights)

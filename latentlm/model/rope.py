@@ -11,6 +11,7 @@ class Rotary(nn.Module):
         super().__init__()
         if dim % 2:
             raise ValueError(f"rotary dim must be even, got {dim}")
+        self.base = base  # rope_theta in an exported config (latentlm.export)
         inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (T, dim/2)
         # Not persistent: derived from (dim, max_seq_len, base), so checkpoints stay free of it.
