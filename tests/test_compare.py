@@ -548,7 +548,8 @@ def test_zoo_sweeps_every_attention_variant(name, tmp_path):
 def test_compare_a_real_smoke_multirun(data_root, tmp_path):
     """experiment=paper_mla_smoke as documented, one command: every latent variant beside its twin."""
     sweep = tmp_path / "sweep"
-    run_train("-m", "experiment=paper_mla_smoke", "sweep_id=test", f"hydra.sweep.dir={sweep}", root=data_root)
+    run_train("-m", "experiment=paper_mla_smoke", "sweep_id=test", "trainer.max_steps=10", f"hydra.sweep.dir={sweep}",
+              root=data_root)
     comparison = compare.compare([str(sweep)])
     assert len(comparison.headers) == 1  # one setup: only attention, rank and seed differ
     rows = comparison.variants
@@ -570,7 +571,7 @@ def test_compare_a_real_smoke_multirun(data_root, tmp_path):
     mla_rope = variant(comparison, "mla_rope", 0.5)
     assert mla_rope.loss_mean == pytest.approx((summaries[0]["val_loss_final"] + summaries[1]["val_loss_final"]) / 2)
     history = compare._history(comparison.runs)
-    assert len(history[history.run == str(sweep / "mla_rope_r0.5_s0")]) == 4  # validation every 5 of 20 steps
+    assert len(history[history.run == str(sweep / "mla_rope_r0.5_s0")]) == 2  # validation every 5 of 10 steps
     compare.write(comparison, sweep)
     for name in PLOTS:
         assert (sweep / name).read_bytes()[:4] == b"\x89PNG"

@@ -167,27 +167,21 @@ def test_empty_prompt_starts_from_endoftext(smoke_run, tmp_path, monkeypatch, ca
     assert out == enc.decode([t for t in sample if t != enc.eot_token]) + "\n<|endoftext|>\n"
 
 
-def test_generate_cli(smoke_run):
-    args = [
-        sys.executable,
-        "-m",
-        "latentlm.generate",
-        f"ckpt={smoke_run / 'checkpoints' / 'best.ckpt'}",
-        "prompt=Once upon a time",
-        "max_new_tokens=10",
-        "temperature=0",
-    ]
-    first = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+def test_generate_cli(smoke_run, tmp_path, monkeypatch, capsys):
+    """One real process as a user types it; the same command again and two bad inputs in this process."""
+    args = [f"ckpt={smoke_run / 'checkpoints' / 'best.ckpt'}", "prompt=Once upon a time", "max_new_tokens=10",
+            "temperature=0"]
+    first = subprocess.run([sys.executable, "-m", "latentlm.generate", *args], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("Once upon a time")
-    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert again.stdout == first.stdout  # greedy is deterministic
-    too_long = subprocess.run(
-        [*args[:-3], "prompt=" + "Once upon a time " * 40], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert too_long.returncode == 2 and "longer than the context block_size=32" in too_long.stderr
-    bad_dtype = subprocess.run([*args, "dtype=int8"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert bad_dtype.returncode == 2 and "dtype=int8 is not one of auto, float32" in bad_dtype.stderr
+    monkeypatch.chdir(tmp_path)  # generate writes its job log into the working directory
+    code, out, _ = run_main(capsys, generate_cli._hydra_main, *args)
+    assert code == 0 and out == first.stdout  # greedy is deterministic
+    code, _, err = run_main(capsys, generate_cli._hydra_main, *args[:-3], "prompt=" + "Once upon a time " * 40)
+    assert code == 2 and "longer than the context block_size=32" in err
+    code, _, err = run_main(capsys, generate_cli._hydra_main, *args, "dtype=int8")
+    assert code == 2 and "dtype=int8 is not one of auto, float32" in err
 
 
 @pytest.mark.gpu  # the compiled decode step is for GPUs
