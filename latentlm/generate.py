@@ -35,7 +35,13 @@ def load_checkpoint(
     if not ckpt.is_file():
         raise ConfigError(f"ckpt={ckpt} is not a file; pass a .ckpt from a run's checkpoints/ folder")
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    module = LitGPT(**checkpoint["hyper_parameters"]) if "hyper_parameters" in checkpoint else _from_run_dir(ckpt)
+    if "hyper_parameters" in checkpoint:
+        hparams = dict(checkpoint["hyper_parameters"])
+        if "warmup_steps" in hparams:  # saved before the schedule was a config: generation does not use it
+            hparams["scheduler"] = {key: hparams.pop(key) for key in ("warmup_steps", "min_lr_ratio")}
+        module = LitGPT(**hparams)
+    else:
+        module = _from_run_dir(ckpt)
     if module.hparams.tokenizer is None:
         raise ConfigError(f"ckpt={ckpt} has no tokenizer to write text with: its run trained on random tokens")
     module.load_state_dict(checkpoint["state_dict"])
