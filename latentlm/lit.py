@@ -57,6 +57,7 @@ class LitGPT(L.LightningModule):
         """The module a train config describes (configs/train.yaml composed, or a run's config.yaml)."""
         model = OmegaConf.to_container(cfg.model, resolve=True)
         target = model.pop("_target_")
+        model.pop("_recursive_", None)  # GPT builds its attention layers itself
         if get_class(target) is not GPT:
             raise ConfigError(f"model._target_={target}: LitGPT builds latentlm.model.GPT only")
         return cls(

@@ -39,7 +39,7 @@ class GPT(nn.Module):
     """Token embedding tied to the LM head, vocab padded to a multiple of 64 for fast matmuls.
 
     `attention` is the attention config: `name` (a label), `twin` (the baseline it is compared with; bookkeeping,
-    ignored here), `type` (a registry key), `pos_emb` ("learned" adds GPT-2's absolute position embedding;
+    ignored here), `_target_` (the Attention class), `pos_emb` ("learned" adds GPT-2's absolute position embedding;
     "none" leaves positions to the attention, e.g. RoPE), and the variant's own keyword arguments.
     """
 
@@ -56,7 +56,7 @@ class GPT(nn.Module):
     ):
         super().__init__()
         attention = dict(attention)
-        self.attention_name = attention.pop("name", attention["type"])
+        self.attention_name = attention.pop("name", attention["_target_"])
         attention.pop("twin", None)
         pos_emb = attention.pop("pos_emb", "none")
         if pos_emb not in ("learned", "none"):
