@@ -92,7 +92,9 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperat
         raise ValueError("every prompt needs at least one token")
     longest = max(map(len, prompts))
     if longest >= model.block_size:
-        raise ValueError(f"a prompt of {longest} tokens does not fit the context block_size={model.block_size}")
+        raise ValueError(
+            f"a prompt of {longest} tokens does not fit the context block_size={model.block_size}; shorten it"
+        )
     total = min(model.block_size, longest + max_new_tokens)
     if total < longest + max_new_tokens:
         log.warning("max_new_tokens cut to %d: the context holds %d tokens", total - longest, model.block_size)
@@ -143,11 +145,11 @@ def _hydra_main(cfg: DictConfig) -> None:
         model, enc = load_checkpoint(cfg.ckpt, device, _dtype(cfg.dtype, device))
         prompts = list(cfg.prompts) if cfg.prompts else [cfg.prompt]
         ids = [enc.encode_ordinary(p) or [enc.eot_token] for p in prompts]
-        if max(map(len, ids)) >= model.block_size:
-            raise ConfigError(f"prompt of {max(map(len, ids))} tokens is longer than the context "
-                              f"block_size={model.block_size}; shorten it")
-        outs = generate(model, ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                        eot=enc.eot_token, seed=cfg.seed, compile_step=bool(cfg.compile))
+        try:
+            outs = generate(model, ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                            eot=enc.eot_token, seed=cfg.seed, compile_step=bool(cfg.compile))
+        except ValueError as err:  # a prompt longer than the context: generate checks it
+            raise ConfigError(str(err)) from None
     except ConfigError as err:
         fail(err)
     for prompt, out in zip(prompts, outs, strict=True):

@@ -185,7 +185,7 @@ def test_generate_cli(smoke_run):
     too_long = subprocess.run(
         [*args[:-3], "prompt=" + "Once upon a time " * 40], cwd=REPO, capture_output=True, text=True, timeout=120
     )
-    assert too_long.returncode == 2 and "longer than the context block_size=32" in too_long.stderr
+    assert too_long.returncode == 2 and "does not fit the context block_size=32" in too_long.stderr
     bad_dtype = subprocess.run([*args, "dtype=int8"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad_dtype.returncode == 2 and "dtype=int8 is not one of auto, float32" in bad_dtype.stderr
 
