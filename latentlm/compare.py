@@ -45,6 +45,7 @@ METRICS = ("final", "best")  # val_loss_final: the whole validation split at the
 GROUP_KEY_IGNORES = (
     "attention",
     "model.attention",  # ${attention}
+    "model._recursive_",  # how Hydra builds the model, not what it is
     "rank",
     "seed",
     "data.shuffle_seed",  # ${seed}: the training order
@@ -116,8 +117,12 @@ def complete_summary(summary: dict[str, Any], run: str) -> dict[str, Any]:
     summary.setdefault("attention", attention.get("name"))
     summary.setdefault("twin", attention.get("twin"))
     summary.setdefault("rank", config.get("rank"))
-    if attention.get("type") == "gqa":
-        summary["rank"] = None  # older summaries logged the rank of variants that have no latent too
+    if attention and attention.get("rank") is None:
+        summary["rank"] = None  # older summaries logged the rank of variants that have no latent (no rank) too
+    scheduler = config.get("scheduler")
+    if isinstance(scheduler, dict) and "_target_" not in scheduler:  # before schedules were functions
+        scheduler = {"_target_": "latentlm.schedules.warmup_cosine", "_partial_": True, **scheduler}
+        config = {**config, "scheduler": scheduler}
     if not isinstance(summary["attention"], str):
         raise CompareError(f"{run}: no attention name in its summary or config")
     summary["group"] = group_key(config, summary.get("precision"))

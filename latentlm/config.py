@@ -127,7 +127,7 @@ def validate(cfg: DictConfig) -> None:
             f"attention.n_kv_heads={att.n_kv_heads} does not divide model.n_head={m.n_head}; "
             f"choose one of {{{', '.join(str(h) for h in _divisors(m.n_head))}}}"
         )
-    if att.type == "latent":
+    if "rank" in att:
         latent = round(cfg.rank * m.d_model)
         if att.get("n_blocks", 1) < 1 or latent % att.get("n_blocks", 1):
             raise ConfigError(

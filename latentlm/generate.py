@@ -35,7 +35,13 @@ def load_checkpoint(
     if not ckpt.is_file():
         raise ConfigError(f"ckpt={ckpt} is not a file; pass a .ckpt from a run's checkpoints/ folder")
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    module = LitGPT(**checkpoint["hyper_parameters"]) if "hyper_parameters" in checkpoint else _from_run_dir(ckpt)
+    if "hyper_parameters" in checkpoint:
+        hparams = dict(checkpoint["hyper_parameters"])
+        if "warmup_steps" in hparams:  # saved before the schedule was a config: generation does not use it
+            hparams["scheduler"] = {key: hparams.pop(key) for key in ("warmup_steps", "min_lr_ratio")}
+        module = LitGPT(**hparams)
+    else:
+        module = _from_run_dir(ckpt)
     if module.hparams.tokenizer is None:
         raise ConfigError(f"ckpt={ckpt} has no tokenizer to write text with: its run trained on random tokens")
     module.load_state_dict(checkpoint["state_dict"])
@@ -86,7 +92,9 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperat
         raise ValueError("every prompt needs at least one token")
     longest = max(map(len, prompts))
     if longest >= model.block_size:
-        raise ValueError(f"a prompt of {longest} tokens does not fit the context block_size={model.block_size}")
+        raise ValueError(
+            f"a prompt of {longest} tokens does not fit the context block_size={model.block_size}; shorten it"
+        )
     total = min(model.block_size, longest + max_new_tokens)
     if total < longest + max_new_tokens:
         log.warning("max_new_tokens cut to %d: the context holds %d tokens", total - longest, model.block_size)
@@ -137,11 +145,11 @@ def _hydra_main(cfg: DictConfig) -> None:
         model, enc = load_checkpoint(cfg.ckpt, device, _dtype(cfg.dtype, device))
         prompts = list(cfg.prompts) if cfg.prompts else [cfg.prompt]
         ids = [enc.encode_ordinary(p) or [enc.eot_token] for p in prompts]
-        if max(map(len, ids)) >= model.block_size:
-            raise ConfigError(f"prompt of {max(map(len, ids))} tokens is longer than the context "
-                              f"block_size={model.block_size}; shorten it")
-        outs = generate(model, ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                        eot=enc.eot_token, seed=cfg.seed, compile_step=bool(cfg.compile))
+        try:
+            outs = generate(model, ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                            eot=enc.eot_token, seed=cfg.seed, compile_step=bool(cfg.compile))
+        except ValueError as err:  # a prompt longer than the context: generate checks it
+            raise ConfigError(str(err)) from None
     except ConfigError as err:
         fail(err)
     for prompt, out in zip(prompts, outs, strict=True):

@@ -179,13 +179,11 @@ def sample_stories(model: GPT, enc: tiktoken.Encoding, n: int, prompt: str = "",
     """n samples of `model`, each the prompt and its continuation up to <|endoftext|> (left out) or the length cap.
 
     Every prompt starts with <|endoftext|>, which precedes each story in the training stream, so an empty prompt
-    asks for a whole story. max_new_tokens is cut to what the context holds.
+    asks for a whole story. max_new_tokens is cut to what the context holds; generate rejects a prompt it cannot hold.
     """
     from latentlm.generate import generate
 
     ids = [enc.eot_token, *enc.encode_ordinary(prompt)]
-    if len(ids) >= model.block_size:
-        raise ValueError(f"prompt of {len(ids)} tokens does not fit the context block_size={model.block_size}")
     max_new_tokens = min(max_new_tokens, model.block_size - len(ids))
     outs = generate(model, [ids] * n, max_new_tokens, temperature, top_k, top_p, eot=enc.eot_token, seed=seed)
     return [prompt + enc.decode([t for t in out if t != enc.eot_token]) for out in outs]

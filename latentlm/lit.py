@@ -1,4 +1,4 @@
-"""The LightningModule: label-smoothed training loss, plain-CE validation, AdamW with warmup + cosine.
+"""The LightningModule: label-smoothed training loss, plain-CE validation, the optimizer and lr schedule of its config.
 
 A checkpoint rebuilds its module on its own: the hyperparameters (the GPT's config, the optimizer and schedule
 settings, the tokenizer) are saved in it, so `LitGPT.load_from_checkpoint(path)` needs no run dir.
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import SumMetric
 
 from latentlm.config import ConfigError
@@ -25,21 +25,20 @@ class LitGPT(L.LightningModule):
         model: dict[str, Any],
         vocab_size: int,
         optimizer: dict[str, Any],
-        warmup_steps: int,
-        min_lr_ratio: float,
+        scheduler: dict[str, Any],
         label_smoothing: float = 0.1,
         tokenizer: dict[str, Any] | None = None,
         compile_mode: str | None = None,
     ):
         """`model`: GPT's keyword arguments but vocab_size (a model config without `_target_`: loading a checkpoint
         calls no class it names). `optimizer`: a `_partial_` torch.optim config (configs/optimizer/).
-        `tokenizer`: the run's tokenizer (latentlm.data.tokenizer.run_tokenizer), kept so a checkpoint decodes
-        text on its own. `compile_mode` is how this process trains, not part of the model: it is not saved, and a
-        loaded module runs eagerly."""
+        `scheduler`: a `_partial_` schedule config (configs/scheduler/, latentlm.schedules) without total_steps,
+        which is trainer.max_steps. `tokenizer`: the run's tokenizer (latentlm.data.tokenizer.run_tokenizer), kept
+        so a checkpoint decodes text on its own. `compile_mode` is how this process trains, not part of the model:
+        it is not saved, and a loaded module runs eagerly."""
         super().__init__()
         self.save_hyperparameters(ignore=["compile_mode"], logger=False)  # train.py logs the whole config
         self.net = GPT(vocab_size=vocab_size, **model)
-        self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.label_smoothing = label_smoothing
         # Sums over every validation token, so val/loss is the token-weighted mean over the whole split.
         self.val_loss_sum, self.val_correct, self.val_tokens = SumMetric(), SumMetric(), SumMetric()
@@ -58,14 +57,14 @@ class LitGPT(L.LightningModule):
         """The module a train config describes (configs/train.yaml composed, or a run's config.yaml)."""
         model = OmegaConf.to_container(cfg.model, resolve=True)
         target = model.pop("_target_")
+        model.pop("_recursive_", None)  # GPT builds its attention layers itself
         if get_class(target) is not GPT:
             raise ConfigError(f"model._target_={target}: LitGPT builds latentlm.model.GPT only")
         return cls(
             model,
             vocab_size,
             OmegaConf.to_container(cfg.optimizer, resolve=True),
-            cfg.scheduler.warmup_steps,
-            cfg.scheduler.min_lr_ratio,
+            OmegaConf.to_container(cfg.scheduler, resolve=True),
             cfg.label_smoothing,
             tokenizer,
             compile_mode,
@@ -139,20 +138,9 @@ class LitGPT(L.LightningModule):
         optimizer = instantiate(self.hparams.optimizer)(
             [{"params": decay}, {"params": plain, "weight_decay": 0.0}], fused=self.device.type == "cuda"
         )
-        total = self.trainer.max_steps
-        warmup = min(self.warmup_steps, max(total - 1, 0))
-        cosine = CosineAnnealingLR(
-            optimizer, T_max=max(total - warmup, 1), eta_min=optimizer.defaults["lr"] * self.min_lr_ratio
-        )
-        scheduler = (
-            cosine
-            if warmup == 0
-            else SequentialLR(
-                optimizer,
-                [LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup), cosine],
-                [warmup],
-            )
-        )
+        # LambdaLR sets lr = the optimizer's lr x schedule(step) from the step alone, so a resumed run (which
+        # restores the step) continues the same curve.
+        scheduler = LambdaLR(optimizer, instantiate(self.hparams.scheduler, total_steps=self.trainer.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

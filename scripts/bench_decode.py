@@ -52,6 +52,7 @@ def build(variant: str, model: str, default_rank: float, max_len: int, device: s
     cfg = compose_train([f"model={model}", f"attention={name}", f"rank={rank}", f"model.block_size={max_len}"])
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.pop("_target_")
+    model_cfg.pop("_recursive_", None)
     if path:
         model_cfg["attention"]["absorb"] = path == "absorbed"
     net = GPT(vocab_size=4096, **model_cfg)

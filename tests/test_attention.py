@@ -73,7 +73,7 @@ def test_cached_decode_equals_full_forward(name, dtype, tol, block):
         assert ((inc - full).norm() / full.norm()).item() <= tol, path
 
 
-@pytest.mark.parametrize("name", [n for n in VARIANTS if attention_cfg(n)["type"] == "latent"])
+@pytest.mark.parametrize("name", [n for n in VARIANTS if "rank" in attention_cfg(n)])
 @pytest.mark.parametrize("rank", [0.25, 1.0])
 @pytest.mark.parametrize("block", BLOCKS)
 def test_absorbed_equals_naive(name, rank, block):
@@ -169,7 +169,7 @@ def test_gqa_matches_reference(name, n_kv_heads):
 
 # DeepSeek's equations have one joint latent; split K and V latents meet their own reference in test_latent_layouts.
 @pytest.mark.parametrize(
-    "name", [n for n in VARIANTS if attention_cfg(n)["type"] == "latent" and attention_cfg(n)["kv_latent"] == "joint"]
+    "name", [n for n in VARIANTS if "rank" in attention_cfg(n) and attention_cfg(n)["kv_latent"] == "joint"]
 )
 @pytest.mark.parametrize(
     "extra", [{}, {"q_rank": 0.25}, {"latent_scale": False}], ids=["q_from_x", "q_rank", "no_latent_scale"]

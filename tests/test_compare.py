@@ -24,10 +24,11 @@ PLOTS = (compare.CURVES_PNG, compare.PARETO_PNG)
 
 # ------------------------------------------------------------------------------------- synthetic summaries
 
+GQA, LATENT = "latentlm.model.attention.gqa.GroupedQueryAttention", "latentlm.model.attention.latent.LatentAttention"
 ATTENTION = {  # configs/attention/*.yaml, as the resolved config holds them (the twin as the issue names it)
-    "mha_rope": {"name": "mha_rope", "type": "gqa", "n_kv_heads": None, "rope": True, "twin": None},
-    "gqa": {"name": "gqa", "type": "gqa", "n_kv_heads": 2, "rope": True, "twin": "mha_rope"},
-    "mla_rope": {"name": "mla_rope", "type": "latent", "rank": 0.5, "rope_dim": None, "twin": "mha_rope"},
+    "mha_rope": {"name": "mha_rope", "_target_": GQA, "n_kv_heads": None, "rope": True, "twin": None},
+    "gqa": {"name": "gqa", "_target_": GQA, "n_kv_heads": 2, "rope": True, "twin": "mha_rope"},
+    "mla_rope": {"name": "mla_rope", "_target_": LATENT, "rank": 0.5, "rope_dim": None, "twin": "mha_rope"},
 }
 CONFIG = {  # a resolved config (train.yaml's keys, fewer settings in each group)
     "model": {"_target_": "latentlm.model.GPT", "d_model": 128, "n_layer": 4, "n_head": 4, "block_size": 128},

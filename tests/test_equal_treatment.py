@@ -11,6 +11,7 @@ from latentlm.lit import LitGPT, no_weight_decay
 from tests.test_attention import VOCAB, gpt_config, make_gpt
 
 ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True}  # LitGPT's optimizer config, at torch's defaults
+SCHEDULE = {"_target_": "latentlm.schedules.warmup_cosine", "_partial_": True, "warmup_steps": 1, "min_lr_ratio": 0.1}
 
 # Per layer, as the parameter names read; the embeddings and the final LayerNorm come once.
 NORMS = ["ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"]
@@ -55,7 +56,7 @@ def test_q_compression_norm_is_not_decayed():
 
 
 def test_optimizer_applies_the_groups():
-    module = LitGPT(gpt_config("mla_rope"), VOCAB, ADAMW, warmup_steps=1, min_lr_ratio=0.1)
+    module = LitGPT(gpt_config("mla_rope"), VOCAB, ADAMW, SCHEDULE)
     net = module.net
     module.trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     optimizer = module.configure_optimizers()["optimizer"]
@@ -69,7 +70,7 @@ def test_optimizer_applies_the_groups():
 def test_val_loss_is_token_weighted_over_the_split():
     """Batches of 3 and 1 sequences: the loss is the mean over all tokens, not the mean of the two batch means."""
     torch.manual_seed(0)
-    module = LitGPT(gpt_config("mha"), VOCAB, ADAMW, warmup_steps=1, min_lr_ratio=0.1)
+    module = LitGPT(gpt_config("mha"), VOCAB, ADAMW, SCHEDULE)
     net = module.net
     x = torch.randint(0, VOCAB, (4, 16))
     y = torch.randint(0, VOCAB, (4, 16))

@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 from conftest import run_main
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
 from test_attention import CTX, gpt_config
+from test_equal_treatment import SCHEDULE
 
 transformers = pytest.importorskip("transformers")
 
 from latentlm import export as export_cli  # noqa: E402
-from latentlm.config import CONFIG_DIR, ConfigError  # noqa: E402
+from latentlm.config import ConfigError, compose_train  # noqa: E402
 from latentlm.data.tokenizer import tokenizer_encoding, train_bpe  # noqa: E402
 from latentlm.export import export, hf_model  # noqa: E402
 from latentlm.generate import generate  # noqa: E402
@@ -140,7 +140,7 @@ def test_pairs_without_an_exact_class_are_refused(block, name, tokenizer, tmp_pa
 
 def write_checkpoint(path, block: str, name: str, tokenizer: dict | None) -> GPT:
     """A checkpoint with the keys latentlm.train's (Lightning's) has: the module's state dict and hyperparameters."""
-    module = LitGPT(gpt_config(name, block=block), 300, {}, warmup_steps=1, min_lr_ratio=0.1, tokenizer=tokenizer)
+    module = LitGPT(gpt_config(name, block=block), 300, {}, SCHEDULE, tokenizer=tokenizer)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return module.net.eval()
 
@@ -192,11 +192,8 @@ def test_export_cli_bad_input_is_one_line(tokenizer, tmp_path, monkeypatch, caps
 def test_vllm_mla_preset_has_the_dims_vllm_serves_with_its_mla_cache():
     """experiment=vllm_mla exports as DeepSeek-V3 with (qk_nope, qk_rope, v) = (64, 64, 128) and kv_lora_rank 256,
     a set vLLM's MLA prefill and decode backends accept (docs/export.md)."""
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=vllm_mla"])
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.pop("_target_")
-    config, _ = hf_model(GPT(300, **model_cfg), 299)
+    cfg = compose_train(["experiment=vllm_mla"])
+    config, _ = hf_model(instantiate(cfg.model, vocab_size=300, _convert_="all"), 299)
     assert config["architectures"] == ["DeepseekV3ForCausalLM"]
     dims = [config[k] for k in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "kv_lora_rank", "q_lora_rank")]
     assert dims == [64, 64, 128, 256, None]

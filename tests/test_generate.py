@@ -179,7 +179,7 @@ def test_generate_cli(smoke_run, tmp_path, monkeypatch, capsys):
     code, out, _ = run_main(capsys, generate_cli._hydra_main, *args)
     assert code == 0 and out == first.stdout  # greedy is deterministic
     code, _, err = run_main(capsys, generate_cli._hydra_main, *args[:-3], "prompt=" + "Once upon a time " * 40)
-    assert code == 2 and "longer than the context block_size=32" in err
+    assert code == 2 and "does not fit the context block_size=32" in err
     code, _, err = run_main(capsys, generate_cli._hydra_main, *args, "dtype=int8")
     assert code == 2 and "dtype=int8 is not one of auto, float32" in err
 

@@ -25,7 +25,8 @@ LAYOUTS = {
 
 def make_gpt(rank: float = 0.5, dtype=torch.float64, **options) -> GPT:
     torch.manual_seed(0)
-    attention = {"type": "latent", "pos_emb": "none", "rank": rank, **options}
+    target = "latentlm.model.attention.latent.LatentAttention"
+    attention = {"_target_": target, "pos_emb": "none", "rank": rank, **options}
     return GPT(VOCAB, D, LAYERS, H, CTX, attention).to(dtype).eval()
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from references import rotary as reference_rotary
 from test_attention import VOCAB, gpt_config, make_gpt
-from test_equal_treatment import ADAMW
+from test_equal_treatment import ADAMW, SCHEDULE
 
 from latentlm.generate import generate
 from latentlm.lit import LitGPT
@@ -47,7 +47,7 @@ def log_softmax(z: torch.Tensor) -> torch.Tensor:
 def test_label_smoothing_is_on_the_train_loss_only_and_padding_is_never_a_class():
     eps = 0.1
     torch.manual_seed(0)
-    module = LitGPT(gpt_config("mha"), VOCAB, ADAMW, 0, 0.1, label_smoothing=eps)
+    module = LitGPT(gpt_config("mha"), VOCAB, ADAMW, SCHEDULE, label_smoothing=eps)
     net = module.net
     padded_logits_win(net)
     x, y = torch.randint(0, VOCAB, (3, 20)), torch.randint(0, VOCAB, (3, 20))

@@ -1,4 +1,4 @@
-from latentlm.model.attention import ATTENTION, Attention, KVCache, build_attention
+from latentlm.model.attention import Attention, KVCache, build_attention
 from latentlm.model.gpt import GPT
 
-__all__ = ["ATTENTION", "GPT", "Attention", "KVCache", "build_attention"]
+__all__ = ["GPT", "Attention", "KVCache", "build_attention"]

@@ -66,7 +66,7 @@ class GPT(nn.Module):
     """Token embedding tied to the LM head, vocab padded to a multiple of 64 for fast matmuls.
 
     `block` is the block family, "gpt2" or "llama" (BLOCKS). `attention` is the attention config: `name` (a label),
-    `twin` (the baseline it is compared with; bookkeeping, ignored here), `type` (a registry key), `pos_emb`
+    `twin` (the baseline it is compared with; bookkeeping, ignored here), `_target_` (the Attention class), `pos_emb`
     ("learned" adds GPT-2's absolute position embedding; "none" leaves positions to the attention, e.g. RoPE), and
     the variant's own keyword arguments.
     """
@@ -88,7 +88,7 @@ class GPT(nn.Module):
             raise ValueError(f"model.block={block!r} is unknown; choose one of: {', '.join(BLOCKS)}")
         self.block = block
         attention = dict(attention)
-        self.attention_name = attention.pop("name", attention["type"])
+        self.attention_name = attention.pop("name", attention["_target_"])
         attention.pop("twin", None)
         pos_emb = attention.pop("pos_emb", "none")
         if pos_emb not in ("learned", "none"):

@@ -11,11 +11,9 @@ Cache: K and V of every KV head, 2 * n_kv_heads * d_h elements per token per lay
 from torch import Tensor, nn
 
 from latentlm.model.attention.base import Attention, KVCache, causal_attention
-from latentlm.model.attention.registry import register
 from latentlm.model.rope import Rotary
 
 
-@register("gqa")
 class GroupedQueryAttention(Attention):
     def __init__(
         self,

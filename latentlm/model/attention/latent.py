@@ -50,11 +50,9 @@ from torch import Tensor, nn
 
 from latentlm.model.attention import latent_decode
 from latentlm.model.attention.base import Attention, KVCache, causal_attention
-from latentlm.model.attention.registry import register
 from latentlm.model.rope import Rotary
 
 
-@register("latent")
 class LatentAttention(Attention):
     def __init__(
         self,
