@@ -112,7 +112,9 @@ def check_cli_keys(argv: list[str]) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check the values that would otherwise fail deep inside training, before any work starts."""
-    for key, kind in (("seed", int), ("rank", float), ("optimizer.lr", float), ("trainer.max_steps", int)):
+    numbers = (("seed", int), ("rank", float), ("optimizer.lr", float), ("trainer.max_steps", int),
+               ("judge.samples", int), ("judge.temperature", float))
+    for key, kind in numbers:
         _check_number(cfg, key, kind)
     if not 0 < cfg.rank <= 1:
         raise ConfigError(f"rank={cfg.rank} is outside (0, 1]; the latent dim is rank x d_model")

@@ -15,6 +15,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -82,6 +83,13 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     from latentlm.loggers import keep_csv_rows, quiet_libraries
 
     quiet_libraries()
+    try:  # the model's constructors check its sizes and options: build it on the meta device (no memory, no time)
+        with torch.device("meta"):
+            instantiate(cfg.model, vocab_size=1, _convert_="all")
+    except InstantiationException as err:
+        if not isinstance(err.__cause__, ValueError):
+            raise
+        raise ConfigError(f"model: {err.__cause__}") from None
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup()
