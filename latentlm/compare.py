@@ -64,6 +64,15 @@ GROUP_KEY_IGNORES = (
     "trainer.accelerator",
     "trainer.enable_progress_bar",
 )
+# Keys that configs gained after runs were recorded, each with the value that trains exactly as runs without the key
+# did (a test pins each equivalence): an older run's config is read with these filled in, so it still compares with
+# newer runs of the same setup. model.block arrived with the llama block (bf5e299); the scheduler's target with the
+# schedule functions (f825408; tests/test_schedules.py pins warmup_cosine to the former LinearLR + cosine).
+KEYS_ADDED_LATER = {
+    "model.block": "gpt2",
+    "scheduler._target_": "latentlm.schedules.warmup_cosine",
+    "scheduler._partial_": True,
+}
 # Columns of the runs frame: summary.json's fields, nested ones under a short name. `group` is the comparable-group key.
 RUN_FIELDS = (
     "run", "group", "status", "error", "attention", "twin", "rank", "seed", "params", "val_loss_final",
@@ -103,6 +112,7 @@ class CompareError(ValueError):
 def group_key(config: dict[str, Any], precision: str | None) -> str:
     """The resolved config less GROUP_KEY_IGNORES, as sorted JSON of dotted keys: runs with equal keys compare."""
     flat = pd.json_normalize(config).to_dict("records")[0] if config else {}
+    flat = {**KEYS_ADDED_LATER, **flat} if flat else flat
     key = {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in GROUP_KEY_IGNORES)}
     if precision is not None:
         key["trainer.precision"] = precision

@@ -203,14 +203,14 @@ def _deepseek(model: GPT, V: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
     w = {"model.embed_tokens.weight": model.wte.weight[:V], "lm_head.weight": model.lm_head.weight[:V].clone()}
     for i, block in enumerate(model.blocks):
         p, a = f"model.layers.{i}.", block.attn
-        q_in, latent, k_rope = a.w_in.weight.split([a.q_in_dim, r, rope])
+        q_in, latent, k_pe = a.wqkv_a.weight.split([a.q_in_dim, r, rope])
         if a.wq_b is None:
             w[p + "self_attn.q_proj.weight"] = permute_q(q_in)
         else:
             w[p + "self_attn.q_a_proj.weight"] = q_in
             w[p + "self_attn.q_a_layernorm.weight"] = a.q_norm.weight * a.q_gain
             w[p + "self_attn.q_b_proj.weight"] = permute_q(a.wq_b.weight)
-        w[p + "self_attn.kv_a_proj_with_mqa.weight"] = torch.cat((latent, k_rope[interleave]))
+        w[p + "self_attn.kv_a_proj_with_mqa.weight"] = torch.cat((latent, k_pe[interleave]))
         w[p + "self_attn.kv_a_layernorm.weight"] = a.kv_norm_weight[0] * a.kv_gain
         w[p + "self_attn.kv_b_proj.weight"] = a.wkv_b[0]  # (H * (nope + d_h), r): per head, W_uk rows then W_uv
         w[p + "self_attn.o_proj.weight"] = a.wo.weight

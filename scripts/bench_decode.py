@@ -210,6 +210,15 @@ def main() -> None:
         earlier = json.loads(out.read_text())
         summary = [s for s in earlier["summary"] if s["variant"] not in variants]
         rows = [r for r in earlier["rows"] if r["variant"] not in variants]
+    def save() -> None:
+        """Written after every variant, so a crash or a timeout keeps what was measured."""
+        args.out.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({
+            "date": str(date.today()), "command": " ".join(sys.argv), "device": device,
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "dtype": str(dtype),
+            "model": args.model, "rank": args.rank, "compiled": compile_step, "summary": summary, "rows": rows,
+        }, indent=2))
+
     for variant in variants:
         net = build(variant, args.model, args.rank, max(contexts) + 1, device, dtype)
         step_fn = torch.compile(net, dynamic=True) if compile_step else net
@@ -240,6 +249,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
         del net, step_fn
         torch._dynamo.reset()  # drop this variant's compiled graphs
+        save()
 
     print(f"\n{device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), {dtype}, "
           f"model={args.model}, rank={args.rank}, compiled step: {compile_step}")
@@ -283,13 +293,8 @@ def main() -> None:
         print("\nKernels of one decode step (batch 64, context 4096):")
         for s in summary:
             print(f"- {s['variant']}: " + "; ".join(s["kernels_b64_ctx4096"][:3]))
-    args.out.mkdir(parents=True, exist_ok=True)
+    save()
     plots = plot(rows, args.out, args.plot_batch)
-    out.write_text(json.dumps({
-        "date": str(date.today()), "command": " ".join(sys.argv), "device": device,
-        "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "dtype": str(dtype),
-        "model": args.model, "rank": args.rank, "compiled": compile_step, "summary": summary, "rows": rows,
-    }, indent=2))
     print(f"\nwrote {out} and {', '.join(str(p) for p in plots)}")
 
 

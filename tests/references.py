@@ -72,13 +72,13 @@ def reference_latent(x: Tensor, w: dict[str, Tensor], latent_scale: bool) -> Ten
     gain = lambda n: math.sqrt(d / n) if latent_scale else 1.0  # noqa: E731
     s = x if "w_dq" not in w else rms_norm(x @ w["w_dq"].T, w["q_norm"]) * gain(w["w_dq"].size(0))
     c = x @ w["w_dkv"].T
-    k_rope = rotary(x @ w["w_kr"].T)  # one rotary key, shared by every head
+    k_pe = rotary(x @ w["w_kr"].T)  # one rotary key, shared by every head
     blocks = [rms_norm(c[..., b * width : (b + 1) * width], w["kv_norm"][b]) * gain(width) for b in range(n_blocks)]
     outs = []
     for i in range(n_head):
         q = torch.cat((s @ w["w_uq"][i].T, rotary(s @ w["w_qr"][i].T)), dim=-1)
         o = sum(
-            attend(q, torch.cat((c_b @ w["w_uk"][b, i].T, k_rope), dim=-1), c_b @ w["w_uv"][b, i].T,
+            attend(q, torch.cat((c_b @ w["w_uk"][b, i].T, k_pe), dim=-1), c_b @ w["w_uv"][b, i].T,
                    1 / math.sqrt(hd + rope_dim))
             for b, c_b in enumerate(blocks)
         )
@@ -101,10 +101,10 @@ def gqa_weights(attn: torch.nn.Module, d: int, n_kv_heads: int, hd: int) -> dict
 def latent_weights(
     attn: torch.nn.Module, n_head: int, hd: int, rope_dim: int, latent: int, q_latent: int | None, n_blocks: int
 ) -> dict[str, Tensor]:
-    """w_in stacks [queries (or W_dq); W_dkv; W_kr]; queries are per head [W_uq^i; W_qr^i]; wkv_b holds, per
+    """wqkv_a stacks [queries (or W_dq); W_dkv; W_kr]; queries are per head [W_uq^i; W_qr^i]; wkv_b holds, per
     block and head, [W_uk^{b,i}; W_uv^{b,i}]."""
     q_rows = n_head * (hd + rope_dim) if q_latent is None else q_latent
-    w_queries, w_dkv, w_kr = attn.w_in.weight.split([q_rows, latent, rope_dim])
+    w_queries, w_dkv, w_kr = attn.wqkv_a.weight.split([q_rows, latent, rope_dim])
     w = {"w_dkv": w_dkv, "w_kr": w_kr, "kv_norm": attn.kv_norm_weight, "w_o": attn.wo.weight}
     if q_latent is not None:
         w.update(w_dq=w_queries, q_norm=attn.q_norm.weight)

@@ -232,6 +232,16 @@ def test_runs_are_grouped_by_their_resolved_config(tmp_path):
     assert "## Group 2: data.num_stories=1000, model.d_model=32, trainer.precision=32-true (2 runs)" in table
 
 
+def test_runs_older_than_a_config_key_compare_with_runs_at_its_equivalent_value(tmp_path):
+    """CONFIG has no model.block (older runs): block gpt2 trains as they did, block llama does not."""
+    gpt2 = summary("mla_rope", 4, 2.2, rank=0.5, kv=288, sweep="s2", changes={"model.block": "gpt2"})
+    llama = summary("mla_rope", 5, 2.6, rank=0.5, kv=288, sweep="s2", changes={"model.block": "llama"})
+    comparison = compare.compare([str(write_runs(tmp_path, [*RUNS, gpt2, llama]))])
+    assert list(comparison.headers.values()) == ["model.block=gpt2", "model.block=llama"]
+    assert variant(comparison, "mla_rope", 0.5, **{"model.block": "gpt2"}).loss_n == 4
+    assert variant(comparison, "mla_rope", 0.5, **{"model.block": "llama"}).loss_n == 1
+
+
 def test_a_repeated_run_is_set_apart_with_the_run_it_repeats(tmp_path):
     repeat = summary("mha_rope", 0, 9.9, sweep="s2")  # the same config, variant and seed in another sweep
     comparison = compare.compare([str(write_runs(tmp_path, [*RUNS, repeat]))])

@@ -17,7 +17,7 @@ SCHEDULE = {"_target_": "latentlm.schedules.warmup_cosine", "_partial_": True, "
 NORMS = ["ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"]
 MLP = ["mlp.fc.weight", "mlp.proj.weight"]
 GQA_DECAYED = ["attn.wqkv.weight", "attn.wo.weight", *MLP]
-LATENT_DECAYED = ["attn.w_in.weight", "attn.wkv_b", "attn.wo.weight", *MLP]
+LATENT_DECAYED = ["attn.wqkv_a.weight", "attn.wkv_b", "attn.wo.weight", *MLP]
 LATENT_PLAIN = [*NORMS, "attn.kv_norm_weight"]  # the per-block RMSNorm gains are 2-D, and are norm gains
 EXPECTED = {  # variant: (decayed per layer, not decayed per layer, not decayed once)
     "mha": (GQA_DECAYED, NORMS, ["wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"]),

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def reference(q: torch.Tensor, kv: torch.Tensor, nb: int, c: int, rope: int, scale: float) -> torch.Tensor:
-    """Block n's key is [c_n | k_rope] and its value c_n, for every head: plain SDPA per block in fp32."""
+    """Block n's key is [c_n | k_pe] and its value c_n, for every head: plain SDPA per block in fp32."""
     B, _, H, _ = q.shape
     S = kv.size(1)
     out = []
@@ -74,6 +74,19 @@ def test_kernel_takes_16_bit_rows_it_fits_on_gpu():
     assert latent_decode.supported(kv, 256, 32)
     assert not latent_decode.supported(torch.zeros(1, 8, 384 + 32, device="cuda", dtype=torch.bfloat16), 384, 32)
     assert not latent_decode.supported(kv.float(), 256, 32)
+
+
+@pytest.mark.gpu
+def test_kernel_addresses_caches_over_2_31_elements():
+    """Full-rank MLA+RoPE at batch 256 x 16384 (576-wide rows: 2.4e9 elements) read past 2^31 with 32-bit offsets."""
+    B, S, c, rope, heads = 256, 16384, 512, 64, 8
+    kv = torch.zeros(B, S, c + rope, device="cuda", dtype=torch.bfloat16)
+    assert kv.numel() > 2**31
+    kv[-1].normal_()  # the last sequence lies past 2^31 elements; only it is checked
+    q = torch.randn(B, 1, heads, c + rope, device="cuda", dtype=torch.bfloat16)
+    out = latent_decode.attend(q, kv, 1, c, rope, scale=c**-0.5)
+    ref = reference(q[-1:], kv[-1:], 1, c, rope, c**-0.5)
+    assert (out[-1:].float() - ref).abs().max().item() < 2e-2
 
 
 @pytest.mark.gpu

@@ -87,7 +87,7 @@ def reference(
     r, rope = D // 2, HD // 2
     nope = HD - rope if rope_in_head else HD  # latent-derived width of each q and k head
     n_latents = 2 if kv_latent == "split" else 1
-    w_q, w_latents, w_kr = attn.w_in.weight.split([H * (nope + rope), n_latents * r, rope])
+    w_q, w_latents, w_kr = attn.wqkv_a.weight.split([H * (nope + rope), n_latents * r, rope])
     gains = attn.kv_norm_weight * math.sqrt(D / r)  # one row per latent: [c] or [c_v, c_k]
 
     def rms_norm(z: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
@@ -98,10 +98,10 @@ def reference(
     w_up = attn.wkv_b.view(H, nope + HD, r)  # per head: W_uk (nope rows), then W_uv (d_h rows)
     q = (x @ w_q.T).view(B, T, H, nope + rope)
     q = torch.cat((q[..., :nope], rotate(q[..., nope:])), dim=-1)  # (B, T, H, nope + rope)
-    k_rope = rotate((x @ w_kr.T).unsqueeze(2))  # (B, T, 1, rope): one rotary key for all heads
+    k_pe = rotate((x @ w_kr.T).unsqueeze(2))  # (B, T, 1, rope): one rotary key for all heads
     out = []
     for h in range(H):
-        k = torch.cat((c_k @ w_up[h, :nope].T, k_rope[:, :, 0]), dim=-1)  # (B, T, nope + rope)
+        k = torch.cat((c_k @ w_up[h, :nope].T, k_pe[:, :, 0]), dim=-1)  # (B, T, nope + rope)
         v = c_v @ w_up[h, nope:].T  # (B, T, d_h)
         scores = q[:, :, h] @ k.transpose(1, 2) / math.sqrt(qk_width)  # (B, T, T)
         scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
@@ -138,7 +138,7 @@ def test_rope_in_head_attends_with_head_dim_qk_width():
     scale 1/sqrt(d_h + rope_dim) would give other outputs (so the reference can tell them apart)."""
     attn = randomised(LatentAttention(D, H, CTX, rope_in_head=True).double())
     rope = HD // 2
-    assert attn.w_in.weight.shape == (H * HD + D // 2 + rope, D)  # queries H x d_h, as mha_rope's
+    assert attn.wqkv_a.weight.shape == (H * HD + D // 2 + rope, D)  # queries H x d_h, as mha_rope's
     assert attn.wkv_b.shape == (1, H * (HD - rope + HD), D // 2)  # W_uk: d_h - rope_dim a head; W_uv: d_h
     x = torch.randn(2, 20, D, dtype=torch.float64)
     y = attn(x)

@@ -37,8 +37,8 @@ exactly MLA. With split latents, c_k and c_v are each cut into n_blocks blocks, 
 the official MLRA code does, so the up-projected keys keep the scale of a direct projection at any rank. It is
 on by default for every latent variant.
 
-Names against DeepSeek-V3's code: `w_in` packs [wq (or wq_a) | wkv_a], where our wkv_a gives [c | k_rope] or
-[c_v | c_k | k_rope]; `wkv_b` packs W_uk and W_uv of each head; `rank` is the fraction r / d_model
+Names against DeepSeek-V3's code: `wqkv_a` packs [wq (or wq_a) | wkv_a], where our wkv_a gives [c | k_pe] or
+[c_v | c_k | k_pe]; `wkv_b` packs W_uk and W_uv of each head; `rank` is the fraction r / d_model
 (DeepSeek's kv_lora_rank is the width r, our `latent_dim`); `nope_dim` is qk_nope_head_dim.
 """
 
@@ -112,7 +112,7 @@ class LatentAttention(Attention):
         # Everything computed from x in one matmul: the queries (or the query latent), the KV latent(s), the
         # rotary key.
         self.q_in_dim = q_out if q_rank is None else round(q_rank * d_model)
-        self.w_in = nn.Linear(d_model, self.q_in_dim + self.n_latents * self.latent_dim + self.rope_dim, bias=False)
+        self.wqkv_a = nn.Linear(d_model, self.q_in_dim + self.n_latents * self.latent_dim + self.rope_dim, bias=False)
         if q_rank is None:
             self.wq_b = None
         else:
@@ -131,7 +131,7 @@ class LatentAttention(Attention):
         self.rotary = Rotary(self.rope_dim, max_seq_len, rope_base) if self.rope_dim else None
 
     def cache_shapes(self) -> dict[str, tuple[int, ...]]:
-        # One row a token, [c | k_rope] (joint) or [c_v | c_k | k_rope] (split): the value latent leads the row and
+        # One row a token, [c | k_pe] (joint) or [c_v | c_k | k_pe] (split): the value latent leads the row and
         # the key is its last r + rope_dim columns, so absorbed decoding reads both from the cache without copies.
         return {"kv": (self.kv_cache_elements(),)}
 
@@ -141,16 +141,16 @@ class LatentAttention(Attention):
     def forward(self, x: Tensor, cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
         B, T, _ = x.shape
         latents = self.n_latents * self.latent_dim
-        q_in, latent, k_rope = self.w_in(x).split([self.q_in_dim, latents, self.rope_dim], dim=-1)
-        q_nope, q_rope = self._queries(q_in, start_pos)  # (B, T, H, d_nope), (B, T, H, rope_dim)
-        latent, k_rope = self._latent(latent, k_rope, start_pos)  # (B, T, n_latents * r), (B, T, rope_dim)
+        q_in, latent, k_pe = self.wqkv_a(x).split([self.q_in_dim, latents, self.rope_dim], dim=-1)
+        q_nope, q_pe = self._queries(q_in, start_pos)  # (B, T, H, d_nope), (B, T, H, rope_dim)
+        latent, k_pe = self._latent(latent, k_pe, start_pos)  # (B, T, n_latents * r), (B, T, rope_dim)
         if cache is not None:
-            kv = cache.append(start_pos, kv=torch.cat((latent, k_rope), dim=-1))["kv"]  # (B, S, latents + rope)
-            latent, k_rope = kv.split([latents, self.rope_dim], dim=-1)
+            kv = cache.append(start_pos, kv=torch.cat((latent, k_pe), dim=-1))["kv"]  # (B, S, latents + rope)
+            latent, k_pe = kv.split([latents, self.rope_dim], dim=-1)
         if cache is not None and self.absorb and self.absorb_max_tokens >= T:
-            y = self._attend_absorbed(q_nope, q_rope, kv)
+            y = self._attend_absorbed(q_nope, q_pe, kv)
         else:
-            y = self._attend_naive(q_nope, q_rope, latent, k_rope)  # (B, T, H, d_h)
+            y = self._attend_naive(q_nope, q_pe, latent, k_pe)  # (B, T, H, d_h)
         y = y.reshape(B, T, self.n_head * self.head_dim)
         if self.wg is not None:
             y = y * torch.sigmoid(self.wg(x))
@@ -159,25 +159,25 @@ class LatentAttention(Attention):
     def _queries(self, q_in: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
         B, T, _ = q_in.shape
         q = q_in if self.wq_b is None else self.wq_b(self.q_norm(q_in) * self.q_gain)
-        q_nope, q_rope = q.view(B, T, self.n_head, self.qk_dim).split([self.nope_dim, self.rope_dim], dim=-1)
+        q_nope, q_pe = q.view(B, T, self.n_head, self.qk_dim).split([self.nope_dim, self.rope_dim], dim=-1)
         if self.rotary is not None:
-            q_rope = self.rotary(q_rope, start_pos)
-        return q_nope, q_rope
+            q_pe = self.rotary(q_pe, start_pos)
+        return q_nope, q_pe
 
-    def _latent(self, latent: Tensor, k_rope: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
+    def _latent(self, latent: Tensor, k_pe: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
         B, T, _ = latent.shape
         blocks = F.rms_norm(latent.view(B, T, -1, self.block_dim), (self.block_dim,))  # every block of each latent
         latent = (blocks * self.kv_norm_weight * self.kv_gain).view(B, T, -1)
         if self.rotary is not None:
-            k_rope = self.rotary(k_rope.unsqueeze(2), start_pos).squeeze(2)  # one head shared by all heads
-        return latent, k_rope
+            k_pe = self.rotary(k_pe.unsqueeze(2), start_pos).squeeze(2)  # one head shared by all heads
+        return latent, k_pe
 
     def _up_projections(self) -> tuple[Tensor, Tensor]:
         """W_uk (n_blocks, H, d_nope, block_dim) and W_uv (n_blocks, H, d_h, block_dim), views of wkv_b."""
         w = self.wkv_b.view(self.n_blocks, self.n_head, self.nope_dim + self.head_dim, self.block_dim)
         return w.split([self.nope_dim, self.head_dim], dim=2)
 
-    def _attend_naive(self, q_nope: Tensor, q_rope: Tensor, latent: Tensor, k_rope: Tensor) -> Tensor:
+    def _attend_naive(self, q_nope: Tensor, q_pe: Tensor, latent: Tensor, k_pe: Tensor) -> Tensor:
         """Decompress the latents into per-head K and V (training form) and run SDPA, blocks folded into heads."""
         B, T, H, _ = q_nope.shape
         S, nb, c, r, hd = latent.size(1), self.n_blocks, self.block_dim, self.latent_dim, self.head_dim
@@ -185,8 +185,8 @@ class LatentAttention(Attention):
         c_v, c_k = latent[..., :r].view(B, S, nb, c), latent[..., -r:].view(B, S, nb, c)  # joint: both are c
         k_nope = torch.einsum("bsnc,nhdc->bsnhd", c_k, w_uk)  # (B, S, nb, H, d_nope)
         v = torch.einsum("bsnc,nhdc->bsnhd", c_v, w_uv)  # (B, S, nb, H, d_h)
-        k = torch.cat((k_nope, k_rope[:, :, None, None, :].expand(B, S, nb, H, self.rope_dim)), dim=-1)
-        q = torch.cat((q_nope, q_rope), dim=-1).unsqueeze(2).expand(B, T, nb, H, self.qk_dim)
+        k = torch.cat((k_nope, k_pe[:, :, None, None, :].expand(B, S, nb, H, self.rope_dim)), dim=-1)
+        q = torch.cat((q_nope, q_pe), dim=-1).unsqueeze(2).expand(B, T, nb, H, self.qk_dim)
         y = causal_attention(
             q.reshape(B, T, nb * H, self.qk_dim).transpose(1, 2),
             k.reshape(B, S, nb * H, self.qk_dim).transpose(1, 2),
@@ -198,7 +198,7 @@ class LatentAttention(Attention):
             y = y.reshape(B, nb, H, T, hd).sum(dim=1) * nb**-0.5
         return y.transpose(1, 2)
 
-    def _attend_absorbed(self, q_nope: Tensor, q_rope: Tensor, kv: Tensor) -> Tensor:
+    def _attend_absorbed(self, q_nope: Tensor, q_pe: Tensor, kv: Tensor) -> Tensor:
         """Attend over the cached rows directly: W_uk folded into the query, W_uv after.
 
         Each latent block acts as one key/value head shared by all query heads (FlashMLA's "MQA mode"): the key
@@ -210,7 +210,7 @@ class LatentAttention(Attention):
         nb, c, rope = self.n_blocks, self.block_dim, self.rope_dim
         w_uk, w_uv = self._up_projections()
         q_latent = torch.einsum("bthd,nhdc->bnthc", q_nope, w_uk)  # (B, nb, T, H, c)
-        q = torch.cat((q_latent, q_rope.unsqueeze(1).expand(B, nb, T, H, rope)), dim=-1).view(B, nb, T * H, c + rope)
+        q = torch.cat((q_latent, q_pe.unsqueeze(1).expand(B, nb, T, H, rope)), dim=-1).view(B, nb, T * H, c + rope)
         # The kernel reads each value from its key's latent columns, which only the joint row has; split rows
         # take SDPA, which accepts keys wider than values.
         if T == 1 and self.kv_latent == "joint" and latent_decode.supported(kv, c, rope):
@@ -224,12 +224,12 @@ class LatentAttention(Attention):
         n_blocks = 1 (MLRA concatenates each block with the rotary key)."""
         B, nb, TH, _ = q.shape
         S, c, r, rope = kv.size(1), self.block_dim, self.latent_dim, self.rope_dim
-        key = kv[..., (self.n_latents - 1) * r :]  # (B, S, r + rope): [c_k | k_rope], or the whole joint row
+        key = kv[..., (self.n_latents - 1) * r :]  # (B, S, r + rope): [c_k | k_pe], or the whole joint row
         if nb == 1:
             k = key.unsqueeze(1)  # (B, 1, S, r + rope): a view of the cache
         else:
-            c_k, k_rope = key.split([r, rope], dim=-1)
-            k = torch.cat((c_k.view(B, S, nb, c), k_rope.unsqueeze(2).expand(B, S, nb, rope)), dim=-1)
+            c_k, k_pe = key.split([r, rope], dim=-1)
+            k = torch.cat((c_k.view(B, S, nb, c), k_pe.unsqueeze(2).expand(B, S, nb, rope)), dim=-1)
             k = k.transpose(1, 2)  # (B, nb, S, c + rope)
         v = kv[..., :r].view(B, S, nb, c).transpose(1, 2)  # (B, nb, S, c): c_v (or c), a view of the cache
         mask = None

@@ -7,7 +7,7 @@ fallback reads the cache several times slower than the memory allows. This kerne
 for all heads:
 
     program (sequence b, latent block n, split s) loops over its share of the cached positions j:
-        score[h, j] = (q_latent[h] . c_j[block n] + q_rope[h] . k_rope_j) * scale   (H_PAD x BLOCK_N, tl.dot)
+        score[h, j] = (q_latent[h] . c_j[block n] + q_pe[h] . k_rope_j) * scale   (H_PAD x BLOCK_N, tl.dot)
         online softmax over j;  acc[h] += p[h, j] c_j[block n]                       (the value is the latent)
     then a second kernel merges the splits by their log-sum-exp.
 
@@ -59,7 +59,7 @@ def attend(
     """Softmax attention of one query token per sequence over every cached row.
 
     q: (B, n_blocks, H, block_dim + rope_dim), the absorbed queries of each latent block.
-    kv: (B, S, n_blocks * block_dim + rope_dim), the cache; block n's key is [c_n | k_rope], its value c_n.
+    kv: (B, S, n_blocks * block_dim + rope_dim), the cache; block n's key is [c_n | k_pe], its value c_n.
     splits: how many parts the positions are cut into (None: enough programs to fill the GPU twice over, but
     no part shorter than MIN_SPLIT positions). Returns (B, n_blocks, H, block_dim) in q's dtype.
     A torch.library custom op, so torch.compile treats the kernels as one opaque call and fuses around it.
@@ -122,21 +122,21 @@ def _kernels():
         q_lat = tl.load(q_ptr + c[None, :], mask=head_ok[:, None], other=0.0)  # (H_PAD, C)
         if R > 0:
             r = tl.arange(0, R)
-            q_rope = tl.load(q_ptr + C + r[None, :], mask=head_ok[:, None], other=0.0)  # (H_PAD, R)
+            q_pe = tl.load(q_ptr + C + r[None, :], mask=head_ok[:, None], other=0.0)  # (H_PAD, R)
 
         m = tl.full((H_PAD,), float("-inf"), tl.float32)  # running max of scores (log2 units)
         l = tl.zeros((H_PAD,), tl.float32)  # running sum of exp2(score - m)
         acc = tl.zeros((H_PAD, C), tl.float32)
-        kv_ptr = KV + b * stride_kvb
+        kv_ptr = KV + b.to(tl.int64) * stride_kvb  # a large cache (B x S x width > 2^31 elements) overflows int32
         for n0 in range(split * per_split, (split + 1) * per_split, BLOCK_N):  # per_split: a multiple of BLOCK_N
             n = n0 + tl.arange(0, BLOCK_N)
             n_ok = n < S  # the last split's tail; every split's first position is < S
             c_j = tl.load(kv_ptr + n[:, None] * stride_kvs + blk * C + c[None, :], mask=n_ok[:, None], other=0.0)
             s = tl.dot(q_lat, tl.trans(c_j))  # (H_PAD, BLOCK_N)
             if R > 0:
-                k_rope = tl.load(kv_ptr + n[:, None] * stride_kvs + latent_dim + r[None, :], mask=n_ok[:, None],
+                k_pe = tl.load(kv_ptr + n[:, None] * stride_kvs + latent_dim + r[None, :], mask=n_ok[:, None],
                                  other=0.0)
-                s += tl.dot(q_rope, tl.trans(k_rope))
+                s += tl.dot(q_pe, tl.trans(k_pe))
             s = tl.where(n_ok[None, :], s * scale_log2, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
             alpha = tl.exp2(m - m_new)
