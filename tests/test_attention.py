@@ -246,6 +246,31 @@ def test_cache_formula_matches_measured_bytes(name, rank):
     assert model.kv_cache_elements() == LAYERS * expected_cache(name, rank)
 
 
+# Cached elements per token and layer on one device at tensor-parallel degree 1 / 2 / 4, for the 30m model (d 512,
+# 8 heads of 64, rank 0.5: r = 256, rotary key 32), as ../shared/reference/variants.md tabulates them.
+PER_DEVICE_30M = {
+    "mha": (1024, 512, 256),
+    "mha_rope": (1024, 512, 256),
+    "gqa": (256, 128, 128),  # 2 KV heads: TP-4 replicates them
+    "mqa": (128, 128, 128),
+    "mla": (256, 256, 256),  # one latent: replicated on every device
+    "mla_rope": (288, 288, 288),
+    "mla_rope_split": (544, 544, 544),
+    "mlra": (288, 160, 96),  # 4 blocks of 64 + the rotary key
+    "mlra_gated": (288, 160, 96),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_cache_elements_per_tensor_parallel_device(name):
+    cfg = compose_train([f"attention={name}", "model=30m", "rank=0.5"])
+    attn = build_attention(**{k: v for k, v in OmegaConf.to_container(cfg.attention, resolve=True).items()
+                              if k not in ("name", "twin", "pos_emb")}, d_model=512, n_head=8, max_seq_len=16)
+    per_device = tuple(attn.kv_cache_elements_per_device(tp) for tp in (1, 2, 4))
+    assert per_device[0] == attn.kv_cache_elements()
+    assert per_device == PER_DEVICE_30M[name]
+
+
 def test_rank_scales_latent_cache():
     sizes = {r: make_gpt("mla", rank=r).kv_cache_elements() for r in (0.25, 0.5, 1.0)}
     assert sizes == {0.25: LAYERS * 16, 0.5: LAYERS * 32, 1.0: LAYERS * 64}

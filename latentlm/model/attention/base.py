@@ -87,6 +87,12 @@ class Attention(nn.Module, ABC):
     def kv_cache_elements(self) -> int:
         """Cached elements per token for this layer, as the variant's closed-form formula."""
 
+    @abstractmethod
+    def kv_cache_elements_per_device(self, tp: int) -> int:
+        """Cached elements per token for this layer on one of `tp` tensor-parallel devices (the largest share):
+        what a device must hold when the heads (or latent blocks) are split across `tp` devices and whatever
+        cannot be split is replicated."""
+
     def new_cache(
         self,
         batch_size: int,

@@ -40,6 +40,10 @@ class GroupedQueryAttention(Attention):
     def kv_cache_elements(self) -> int:
         return 2 * self.n_kv_heads * self.head_dim
 
+    def kv_cache_elements_per_device(self, tp: int) -> int:
+        # KV heads split across devices; with more devices than KV heads each device still holds one
+        return 2 * -(-self.n_kv_heads // tp) * self.head_dim
+
     def forward(self, x: Tensor, cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
         B, T, _ = x.shape
         kv_dim = self.n_kv_heads * self.head_dim

@@ -138,6 +138,10 @@ class LatentAttention(Attention):
     def kv_cache_elements(self) -> int:
         return self.n_latents * self.latent_dim + self.rope_dim
 
+    def kv_cache_elements_per_device(self, tp: int) -> int:
+        # latent blocks split across devices, the rotary key replicated: MLA (one block) caches all of it on each
+        return self.n_latents * self.block_dim * -(-self.n_blocks // tp) + self.rope_dim
+
     def forward(self, x: Tensor, cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
         B, T, _ = x.shape
         latents = self.n_latents * self.latent_dim
