@@ -89,6 +89,26 @@ def reference_latent(x: Tensor, w: dict[str, Tensor], latent_scale: bool) -> Ten
     return o @ w["w_o"].T
 
 
+def reference_gta(x: Tensor, w: dict[str, Tensor], n_head: int, n_kv_heads: int) -> Tensor:
+    """GTA (arXiv 2505.21487): G tied states u_g, each the value of its H / G query heads and, in its first
+    d_h - d_r dims, their key; the key's last d_r dims are one rotary key shared by every head:
+
+        k_i = [u_g[:d_h - d_r] ; RoPE(W_kr x)],  v_i = u_g,  q_i = [q_i[:d_h - d_r] ; RoPE(q_i[d_h - d_r:])]
+        o_i = softmax(q_i . k_i / sqrt(d_h)) v_i,   y = W_o [o_1; ...; o_H]
+    """
+    hd = x.size(-1) // n_head
+    rope_dim = w["w_kr"].size(0)
+    q, u, k_pe = x @ w["w_q"].T, x @ w["w_u"].T, rotary(x @ w["w_kr"].T)
+    outs = []
+    for i in range(n_head):
+        g = i // (n_head // n_kv_heads)  # the group of head i
+        q_i, u_g = q[..., i * hd : (i + 1) * hd], u[..., g * hd : (g + 1) * hd]
+        q_i = torch.cat((q_i[..., : hd - rope_dim], rotary(q_i[..., hd - rope_dim :])), dim=-1)
+        k_i = torch.cat((u_g[..., : hd - rope_dim], k_pe), dim=-1)
+        outs.append(attend(q_i, k_i, u_g, 1 / math.sqrt(hd)))
+    return torch.cat(outs, dim=-1) @ w["w_o"].T
+
+
 # How latentlm packs its parameters: the only place the references meet the modules.
 
 
@@ -114,3 +134,9 @@ def latent_weights(
     if attn.wg is not None:
         w["w_g"] = attn.wg.weight
     return w
+
+
+def gta_weights(attn: torch.nn.Module, d: int, n_kv_heads: int, hd: int, rope_dim: int) -> dict[str, Tensor]:
+    """wqkv stacks [W_q; W_u; W_kr] (heads, then tied states, contiguous)."""
+    w_q, w_u, w_kr = attn.wqkv.weight.split([d, n_kv_heads * hd, rope_dim])
+    return {"w_q": w_q, "w_u": w_u, "w_kr": w_kr, "w_o": attn.wo.weight}

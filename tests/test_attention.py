@@ -200,6 +200,7 @@ def expected_cache(name: str, rank: float, d: int = D, h: int = H) -> int:
         "mla_rope_split": 2 * latent + hd // 2,
         "mlra": latent + hd // 2,
         "mlra_gated": latent + hd // 2,
+        "gta": 2 * hd + hd // 2,  # 2 tied states + the shared rotary key
     }[name]
 
 
@@ -258,6 +259,7 @@ PER_DEVICE_30M = {
     "mla_rope_split": (544, 544, 544),
     "mlra": (288, 160, 96),  # 4 blocks of 64 + the rotary key
     "mlra_gated": (288, 160, 96),
+    "gta": (160, 96, 96),  # 2 tied states of 64 split, the rotary key of 32 replicated
 }
 
 
@@ -298,6 +300,7 @@ def expected_attention_params(name: str, rank: float, d: int = D, h: int = H) ->
         "mla_rope_split": latent + d * r + r,  # a second down-projection and RMSNorm, for c_v
         "mlra": latent,
         "mlra_gated": latent + d * h * hd,
+        "gta": d * d + d * (2 * hd + rope) + d * d,  # q, [u of 2 groups ; k_pe], out
     }[name]
 
 
