@@ -30,8 +30,8 @@ def causal_softmax(scores: Tensor) -> Tensor:
     return e / e.sum(dim=-1, keepdim=True)
 
 
-def rms_norm(x: Tensor, gain: Tensor) -> Tensor:
-    return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True)) * gain
+def rms_norm(x: Tensor, gain: Tensor, eps: float = 0.0) -> Tensor:
+    return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps) * gain
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
@@ -109,6 +109,19 @@ def reference_gta(x: Tensor, w: dict[str, Tensor], n_head: int, n_kv_heads: int)
     return torch.cat(outs, dim=-1) @ w["w_o"].T
 
 
+def reference_mfa(x: Tensor, w: dict[str, Tensor], n_head: int) -> Tensor:
+    """MFA (arXiv 2412.19255): H query heads of width C from a normalised low-rank query, one shared K/V head:
+
+        c = RMSNorm(W_qa x) (eps 1e-6),  q_i = RoPE(W_qb^i c),  k = RoPE(W_k x),  v = W_v x
+        o_i = softmax(q_i . k / sqrt(C)) v,   y = W_o [o_1; ...; o_H]
+    """
+    C = w["w_k"].size(0)
+    c = rms_norm(x @ w["w_qa"].T, w["q_norm"], eps=1e-6)
+    k, v = rotary(x @ w["w_k"].T), x @ w["w_v"].T
+    outs = [attend(rotary(c @ w["w_qb"][i * C : (i + 1) * C].T), k, v, 1 / math.sqrt(C)) for i in range(n_head)]
+    return torch.cat(outs, dim=-1) @ w["w_o"].T
+
+
 # How latentlm packs its parameters: the only place the references meet the modules.
 
 
@@ -140,3 +153,10 @@ def gta_weights(attn: torch.nn.Module, d: int, n_kv_heads: int, hd: int, rope_di
     """wqkv stacks [W_q; W_u; W_kr] (heads, then tied states, contiguous)."""
     w_q, w_u, w_kr = attn.wqkv.weight.split([d, n_kv_heads * hd, rope_dim])
     return {"w_q": w_q, "w_u": w_u, "w_kr": w_kr, "w_o": attn.wo.weight}
+
+
+def mfa_weights(attn: torch.nn.Module, q_dim: int, C: int) -> dict[str, Tensor]:
+    """wqkv_a stacks [W_qa; W_k; W_v]; wq_b's rows are the heads, C each."""
+    w_qa, w_k, w_v = attn.wqkv_a.weight.split([q_dim, C, C])
+    return {"w_qa": w_qa, "q_norm": attn.q_norm.weight, "w_qb": attn.wq_b.weight, "w_k": w_k, "w_v": w_v,
+            "w_o": attn.wo.weight}

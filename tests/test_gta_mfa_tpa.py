@@ -8,10 +8,11 @@ tensor-parallel device, parameter counts.
 
 import pytest
 import torch
-from references import gta_weights, reference_gta
+from references import gta_weights, mfa_weights, reference_gta, reference_mfa
 from test_attention import CTX, D, H, assert_matches_reference, make_attention
 
 from latentlm.model.attention.gta import GroupedTiedAttention
+from latentlm.model.attention.mfa import MultiMatrixFactorizationAttention
 
 HD = D // H
 
@@ -42,6 +43,16 @@ def test_gta_decode_step_reads_the_cache_in_place(monkeypatch):
     assert calls == [("_attend_grouped", 5), ("_attend_tied", 1), ("_attend_grouped", 2)]
 
 
+@pytest.mark.parametrize("extra", [{}, {"head_width": 8}, {"q_rank": 0.25}], ids=["default", "narrow", "q_rank"])
+def test_mfa_matches_reference(extra):
+    """MFA's full forward, and a prefill then decode steps over its one cached K/V head, equal its equations."""
+    attn, cfg = make_attention("mfa", **extra)
+    C = 2 * HD if cfg["head_width"] is None else cfg["head_width"]
+    assert attn.kv_cache_elements() == 2 * C
+    w = mfa_weights(attn, round(cfg["q_rank"] * D), C)
+    assert_matches_reference(attn, lambda x: reference_mfa(x, w, H))
+
+
 @pytest.mark.parametrize(
     ("cls", "options", "message"),
     [
@@ -50,8 +61,11 @@ def test_gta_decode_step_reads_the_cache_in_place(monkeypatch):
         (GroupedTiedAttention, {"rope_dim": 5}, r"rope_dim=5 must be even and in \(0, head_dim=64\]"),
         (GroupedTiedAttention, {"rope_dim": 0}, r"rope_dim=0 must be even and in \(0, head_dim=64\]"),
         (GroupedTiedAttention, {"rope_dim": 128}, r"rope_dim=128 must be even and in \(0, head_dim=64\]"),
+        (MultiMatrixFactorizationAttention, {"head_width": 63}, r"head_width=63 must be even and at least 2 \(RoPE"),
+        (MultiMatrixFactorizationAttention, {"q_rank": 0.0001}, "q_rank=0.0001 gives a query latent of 0 dims"),
     ],
 )
 def test_impossible_sizes_give_one_line_errors(cls, options, message):
-    with pytest.raises(ValueError, match=f"^{message}$"):
+    with pytest.raises(ValueError, match=f"^{message}") as raised:
         cls(512, 8, 16, **options)
+    assert "\n" not in str(raised.value)
