@@ -122,6 +122,25 @@ def reference_mfa(x: Tensor, w: dict[str, Tensor], n_head: int) -> Tensor:
     return torch.cat(outs, dim=-1) @ w["w_o"].T
 
 
+def reference_tpa(x: Tensor, w: dict[str, Tensor], n_head: int) -> Tensor:
+    """TPA (T6, arXiv 2501.06425, eq. 3.1): each head's q, k, v as a mean of outer products of a head factor A and
+    a dim factor B, then RoPE on q_i and k_i (T6 rotates the B rows instead, equal by its Theorem 3.1):
+
+        q_i = RoPE((1/R_Q) sum_r A^Q[i, r] B^Q[r]),   A^Q = W_A^Q x (H, R_Q),  B^Q = W_B^Q x (R_Q, d_h)
+        k_i = RoPE((1/R_K) sum_r A^K[i, r] B^K[r]),   v_i = (1/R_V) sum_r A^V[i, r] B^V[r]
+        o_i = softmax(q_i . k_i / sqrt(d_h)) v_i,   y = W_o [o_1; ...; o_H]
+    """
+    hd = x.size(-1) // n_head
+
+    def head(name: str, i: int) -> Tensor:  # (B, T, d_h): head i's q, k or v
+        a, b = x @ w[f"w_a{name}"].T, x @ w[f"w_b{name}"].T  # (B, T, H * R), (B, T, R * d_h)
+        rank = b.size(-1) // hd
+        return sum(a[..., i * rank + r, None] * b[..., r * hd : (r + 1) * hd] for r in range(rank)) / rank
+
+    outs = [attend(rotary(head("q", i)), rotary(head("k", i)), head("v", i), 1 / math.sqrt(hd)) for i in range(n_head)]
+    return torch.cat(outs, dim=-1) @ w["w_o"].T
+
+
 # How latentlm packs its parameters: the only place the references meet the modules.
 
 
@@ -160,3 +179,11 @@ def mfa_weights(attn: torch.nn.Module, q_dim: int, C: int) -> dict[str, Tensor]:
     w_qa, w_k, w_v = attn.wqkv_a.weight.split([q_dim, C, C])
     return {"w_qa": w_qa, "q_norm": attn.q_norm.weight, "w_qb": attn.wq_b.weight, "w_k": w_k, "w_v": w_v,
             "w_o": attn.wo.weight}
+
+
+def tpa_weights(attn: torch.nn.Module, n_head: int, hd: int, ranks: tuple[int, int, int]) -> dict[str, Tensor]:
+    """w_ab stacks [W_A^Q; W_A^K; W_A^V; W_B^Q; W_B^K; W_B^V]: A rows head-major (head i, term r), B rows
+    term-major (term r, dim e)."""
+    rows = [n_head * r for r in ranks] + [r * hd for r in ranks]
+    w_aq, w_ak, w_av, w_bq, w_bk, w_bv = attn.w_ab.split(rows)
+    return {"w_aq": w_aq, "w_ak": w_ak, "w_av": w_av, "w_bq": w_bq, "w_bk": w_bk, "w_bv": w_bv, "w_o": attn.wo.weight}

@@ -202,6 +202,7 @@ def expected_cache(name: str, rank: float, d: int = D, h: int = H) -> int:
         "mlra_gated": latent + hd // 2,
         "gta": 2 * hd + hd // 2,  # 2 tied states + the shared rotary key
         "mfa": 2 * 2 * hd,  # k and v of one head of width C = 2 d_h
+        "tpa": (2 + 2) * (h + hd),  # A^K, B^K, A^V, B^V at R_K = R_V = 2
     }[name]
 
 
@@ -262,6 +263,7 @@ PER_DEVICE_30M = {
     "mlra_gated": (288, 160, 96),
     "gta": (160, 96, 96),  # 2 tied states of 64 split, the rotary key of 32 replicated
     "mfa": (256, 256, 256),  # the one K/V head (C = 128) replicated
+    "tpa": (288, 272, 264),  # (R_K + R_V)(H / tp + d_h): head factors split, dim factors replicated
 }
 
 
@@ -305,6 +307,7 @@ def expected_attention_params(name: str, rank: float, d: int = D, h: int = H) ->
         "gta": d * d + d * (2 * hd + rope) + d * d,  # q, [u of 2 groups ; k_pe], out
         # [W_qa; W_k; W_v] (query latent 0.625 d, C = 2 d_h), the query norm, W_qb to H heads of C, out from H C
         "mfa": d * (round(0.625 * d) + 2 * 2 * hd) + round(0.625 * d) + round(0.625 * d) * 2 * d + 2 * d * d,
+        "tpa": d * (6 + 2 + 2) * (h + hd) + d * d,  # the A and B factors at R_Q, R_K, R_V = 6, 2, 2; out
     }[name]
 
 

@@ -32,6 +32,7 @@ EXPECTED = {  # variant: (decayed per layer, not decayed per layer, not decayed 
     "gta": (GQA_DECAYED, NORMS, ["wte.weight", "ln_f.weight", "ln_f.bias"]),  # wqkv = [W_q; W_u; W_kr]
     "mfa": (["attn.wqkv_a.weight", "attn.wq_b.weight", "attn.wo.weight", *MLP], [*NORMS, "attn.q_norm.weight"],
             ["wte.weight", "ln_f.weight", "ln_f.bias"]),
+    "tpa": (["attn.w_ab", "attn.wo.weight", *MLP], NORMS, ["wte.weight", "ln_f.weight", "ln_f.bias"]),  # factor weights
 }
 
 
