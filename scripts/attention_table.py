@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from latentlm.config import compose_train, group_choices
+from latentlm.model.attention.gqa import GroupedQueryAttention
 
 
 def build(model: str, attention: str, rank: float):
@@ -35,8 +36,10 @@ def main() -> None:
             latent = hasattr(attn, "latent_dim")
             if not latent and rank != ranks[0]:
                 continue  # rank does not change non-latent variants
-            if not latent:
+            if isinstance(attn, GroupedQueryAttention):
                 what = f"K and V of each KV head ({attn.n_kv_heads} x 2 x {attn.head_dim})"
+            elif not latent:  # GTA, MFA, TPA: the cached tensors by name and per-token shape
+                what = " + ".join(f"{k} {' x '.join(map(str, shape))}" for k, shape in attn.cache_shapes().items())
             else:
                 r = attn.latent_dim
                 latents = f"latent {r}" if attn.kv_latent == "joint" else f"c_k {r} + c_v {r}"

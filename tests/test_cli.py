@@ -39,12 +39,14 @@ def test_run_writes_summary_and_loss_falls(smoke_run):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["attention=foo"], "attention=foo is not a known attention; choose one of: gqa, mha,"),
+        (["attention=foo"], "attention=foo is not a known attention; choose one of: "),
         (["-m", "model=tiny,huge"], "model=huge is not a known model; choose one of: 30m, tiny"),
         (["rank=1.5"], "rank=1.5 is outside (0, 1]"),
         (["rank=0"], "rank=0 is outside (0, 1]"),
         (["model.n_head=3"], "model.n_head=3 does not divide model.d_model=32; choose n_head in {1, 2, 4, 8, 16, 32}"),
         (["attention=gqa", "attention.n_kv_heads=3"], "attention.n_kv_heads=3 does not divide model.n_head=2"),
+        (["attention=gta", "attention.rope_dim=5"], "model: rope_dim=5 must be even and in (0, head_dim=16]"),
+        (["attention=tpa", "attention.rank_q=0"], "model: rank_q=0 must be a whole number of factor terms, at least 1"),
         (["data.seq_len=64"], "data.seq_len=64 is longer than the context model.block_size=32"),
         (["data=text", "data.files=/nonexistent/*.txt"], "data.files=/nonexistent/*.txt matches no file"),
         (["data=text"], "data.files is required with data=text: give files or globs, e.g. data.files='my/*.txt'"),
