@@ -29,9 +29,11 @@ from latentlm.config import (
     register_resolvers,
     validate,
 )
+from latentlm.timings import describe, process_age_s
 
 log = logging.getLogger(__name__)
 register_resolvers()
+_first_job = True  # this process's first job pays the start-up (imports, Hydra); later jobs of a sweep do not
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -43,11 +45,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Bad input found on the way (a ConfigError, e.g. unusable data or a refused resume) writes no summary: it
     stops the command with one line, and a refused resume leaves the resumed run's own summary as it was.
     """
+    global _first_job
+    started, clock = time.time(), time.perf_counter()
+    timings: dict[str, float] = {"startup": (process_age_s() or 0.0) if _first_job else 0.0}
+    _first_job = False
     validate(cfg)
     # torch and Lightning take seconds to import: only once the config is valid, so bad input fails fast.
     from latentlm.callbacks import Diverged
 
-    started = time.time()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
@@ -57,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("skipped: %s does not use rank; this sweep trains it once (%s)", cfg.attention.name, duplicate_of)
         return _write_summary(out_dir, {**summary, "status": "skipped", "duplicate_of": duplicate_of})
     try:
-        summary |= {"status": "ok", "error": None, **_fit(cfg, out_dir)}
+        summary |= {"status": "ok", "error": None, **_fit(cfg, out_dir, timings, clock)}
     except Diverged as err:
         log.error("diverged: %s", err)
         summary |= {"status": "diverged", "error": str(err), "steps": err.step}
@@ -68,16 +73,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _write_summary(out_dir, summary | {"wall_time_s": time.time() - started})
         raise
     finally:
+        finished = time.perf_counter()
         _finish_wandb(summary)
-    return _write_summary(out_dir, summary | {"wall_time_s": time.time() - started})
+        timings["after_fit"] = timings.get("after_fit", 0.0) + time.perf_counter() - finished
+    timings["total"] = timings["startup"] + time.perf_counter() - clock
+    log.info("timings: %s", describe(timings))
+    return _write_summary(out_dir, summary | {"wall_time_s": time.time() - started, "timings": timings})
 
 
-def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Build data, model and trainer, train, and return the run's measured results."""
+def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: float) -> dict[str, Any]:
+    """Build data, model and trainer, train, and return the run's measured results; fills `timings` (seconds a
+    phase, see latentlm.timings) with `started` (perf_counter) as the start of set-up."""
     import lightning as L
     import torch
 
-    from latentlm.callbacks import PlainProgress, StopOnNonFinite, Throughput, train_flops_per_token
+    from latentlm.callbacks import (
+        PhaseTimes,
+        PlainProgress,
+        StopOnNonFinite,
+        Throughput,
+        TimedCheckpointIO,
+        train_flops_per_token,
+    )
     from latentlm.data.tokenizer import run_tokenizer
     from latentlm.lit import LitGPT
     from latentlm.loggers import keep_csv_rows, quiet_libraries
@@ -136,8 +153,11 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         keep_csv_rows(loggers, before_step=step)
     elif cfg.ckpt_path:
         log.info("resuming %s in a new run folder %s", cfg.ckpt_path, out_dir)
+    checkpoint_io = TimedCheckpointIO()
+    phase_times = PhaseTimes(checkpoint_io)
     trainer = instantiate(
-        trainer_cfg, callbacks=callbacks, logger=loggers, enable_progress_bar=interactive
+        trainer_cfg, callbacks=[*callbacks, phase_times], logger=loggers, enable_progress_bar=interactive,
+        plugins=[checkpoint_io],
     )
     hparams = {
         **_identity(cfg),
@@ -152,7 +172,10 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         for lg in trainer.loggers:
             lg.log_metrics({"data/entropy_floor": datamodule.entropy_floor}, step=0)
 
+    timings["setup"] = time.perf_counter() - started  # Lightning's own set-up inside fit is fit_start
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    timings.update(phase_times.phases())
+    after_fit = time.perf_counter()
     history = module.val_history
     if not history or history[-1]["step"] != trainer.global_step:  # else the last validation was at the end
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -160,6 +183,7 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     elements = net.kv_cache_elements()
     floor = datamodule.entropy_floor
     judge = _judge(cfg, net, datamodule, out_dir)
+    timings["after_fit"] = time.perf_counter() - after_fit
     return {
         "params": net.num_params(),
         "params_non_embedding": net.num_params(non_embedding=True),
