@@ -96,6 +96,7 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
         train_flops_per_token,
     )
     from latentlm.data.tokenizer import run_tokenizer
+    from latentlm.devices import check_trainer_devices, claim_gpu
     from latentlm.lit import LitGPT
     from latentlm.loggers import keep_csv_rows, quiet_libraries
 
@@ -107,12 +108,19 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
         if not isinstance(err.__cause__, ValueError):
             raise
         raise ConfigError(f"model: {err.__cause__}") from None
+    cuda = torch.cuda.is_available()
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_trainer_devices(trainer_cfg, torch.cuda.device_count())
+    if _jobs_in_parallel_processes() and torch.cuda.device_count() > 1:
+        gpu = claim_gpu(Path(HydraConfig.get().sweep.dir), torch.cuda.device_count())
+        torch.cuda.set_device(gpu)  # this worker's GPU, also for the judge after fit
+        trainer_cfg["devices"] = [gpu]
+        log.info("this worker process trains its sweep jobs on GPU %d", gpu)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup()
     datamodule.export_tokenizer(out_dir)
     build_net = partial(instantiate, cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
-    cuda = torch.cuda.is_available()
     compile_mode = cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
     if compile_mode is not None:
         # Every job of a sweep compiles from scratch. Otherwise torch.compile, seeing a second model of other
@@ -133,7 +141,6 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
 
     if cuda:
         torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls left under bf16 autocast
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     if trainer_cfg["precision"] == "auto":
         trainer_cfg["precision"] = "bf16-mixed" if cuda else "32-true"
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
@@ -217,6 +224,13 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
         "git_commit": _git_commit(),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def _jobs_in_parallel_processes() -> bool:
+    """Whether this is a sweep job that runs beside others in worker processes of this machine (joblib, as
+    hydra/launcher=gpus uses it), so that each worker needs a GPU of its own."""
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN and "JoblibLauncher" in str(hydra_cfg.launcher.get("_target_"))
 
 
 def _resumes_in(cfg: DictConfig, out_dir: Path) -> bool:
