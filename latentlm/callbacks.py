@@ -1,14 +1,18 @@
-"""Training callbacks: throughput (tokens/s, MFU) and plain progress lines for logs that are not a terminal."""
+"""Training callbacks: throughput (tokens/s, MFU), plain progress lines for logs that are not a terminal, profiling,
+and the phase timings of a run (latentlm.timings)."""
 
 import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -211,3 +215,64 @@ class ProfileSteps(Callback):
                      e.count / self.steps, e.key[:100])
         self._profiler = None
         self.start = -1  # once
+
+
+class TimedCheckpointIO(_WrappingCheckpointIO):
+    """Adds up the seconds the trainer waits on checkpoint writes (wrap an AsyncCheckpointIO to time only the
+    hand-off to its thread)."""
+
+    def __init__(self, checkpoint_io: CheckpointIO | None = None):
+        super().__init__(checkpoint_io)
+        self.seconds = 0.0
+
+    def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        started = time.perf_counter()
+        self.checkpoint_io.save_checkpoint(*args, **kwargs)
+        self.seconds += time.perf_counter() - started
+
+    def load_checkpoint(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.checkpoint_io.load_checkpoint(*args, **kwargs)
+
+    def remove_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        self.checkpoint_io.remove_checkpoint(*args, **kwargs)
+
+
+class PhaseTimes(Callback):
+    """Times Trainer.fit's phases on the host (see latentlm.timings); `checkpoint_io` supplies the writes."""
+
+    def __init__(self, checkpoint_io: TimedCheckpointIO):
+        self.checkpoint_io = checkpoint_io
+        self.seconds = dict.fromkeys(("fit_start", "first_step", "steps", "validation", "fit"), 0.0)
+        self._fit_t0 = self._t0 = 0.0
+        self._first_done = False
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_t0 = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+        if not self._first_done:
+            self.seconds["fit_start"] = self._t0 - self._fit_t0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Lightning runs checkpoint callbacks after every other callback: a write after this step is not in it
+        self.seconds["steps" if self._first_done else "first_step"] += time.perf_counter() - self._t0
+        self._first_done = True
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self.seconds["validation"] += time.perf_counter() - self._t0
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.seconds["fit"] = time.perf_counter() - self._fit_t0
+
+    def phases(self) -> dict[str, float]:
+        """fit_start, first_step, steps, validation, checkpoints and between_steps: together the whole of fit."""
+        s = self.seconds
+        measured = {k: s[k] for k in ("fit_start", "first_step", "steps", "validation")}
+        measured["checkpoints"] = self.checkpoint_io.seconds
+        measured["between_steps"] = max(s["fit"] - sum(measured.values()), 0.0)
+        return measured

@@ -32,6 +32,7 @@ import scipy.stats
 from pandas.api.typing import DataFrameGroupBy
 
 from latentlm.config import fail
+from latentlm.timings import PHASES
 
 TABLE_MD, TABLE_JSON = "compare.md", "compare.json"
 CURVES_PNG, PARETO_PNG = "val_loss_curves.png", "pareto_kv_vs_loss.png"
@@ -85,6 +86,7 @@ NESTED_FIELDS = {
     "judge.valid_share": "judge_valid",
     "judge.valid_prefix_share": "judge_valid_prefix",
     "judge.consistent_share": "judge_consistent",
+    **{f"timings.{phase}": f"time_{phase}" for phase in (*PHASES, "total")},
 }
 # What W&B's run summary holds when train.py could not add summary.json to it: Lightning's last logged values.
 LIGHTNING_METRICS = {
@@ -469,6 +471,7 @@ def markdown(comparison: Comparison, level: int = 2) -> str:
             + "\n",
             variant_table(comparison, key),
             paired_table(comparison, key),
+            time_line(comparison.runs[comparison.runs.group == key]),
         ]
     if len(comparison.set_apart):
         parts.append(f"{heading} Set apart\n\nA second run of one config, variant and seed; the first is compared.\n")
@@ -484,6 +487,16 @@ def markdown(comparison: Comparison, level: int = 2) -> str:
     if comparison.skipped:
         parts.append(f"{comparison.skipped} skipped job(s) (duplicates in a sweep, never trained) left out.\n")
     return "\n".join(parts)
+
+
+def time_line(runs: pd.DataFrame) -> str:
+    """The wall time these runs took together, by phase (summary.json's `timings`; older runs have none)."""
+    timed = runs[runs.time_total.notna()]
+    if timed.empty:
+        return ""
+    phases = ", ".join(f"{p.replace('_', ' ')} {timed[f'time_{p}'].sum():.0f} s" for p in PHASES)
+    return (f"Wall time of the {len(timed)} timed runs, added up: {timed.time_total.sum() / 60:.1f} min = "
+            f"{phases} (latentlm.timings says what each phase holds).\n")
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -36,11 +36,20 @@ class ConfigError(ValueError):
 
 def register_resolvers() -> None:
     """`${lm.wandb_offline:}`: W&B stays offline unless the user has an API key. `${lm.run_dir:ckpt_path,new_dir}`:
-    see `run_dir`."""
+    see `run_dir`. `${lm.gpus:}`: the number of CUDA GPUs here, at least 1 (hydra/launcher=gpus' worker count)."""
     if not OmegaConf.has_resolver("lm.wandb_offline"):
         OmegaConf.register_new_resolver("lm.wandb_offline", lambda: not os.environ.get("WANDB_API_KEY"))
     if not OmegaConf.has_resolver("lm.run_dir"):
         OmegaConf.register_new_resolver("lm.run_dir", run_dir)
+    if not OmegaConf.has_resolver("lm.gpus"):
+        OmegaConf.register_new_resolver("lm.gpus", gpu_count)
+
+
+def gpu_count() -> int:
+    """CUDA GPUs on this machine, at least 1 (torch is imported only when a config asks)."""
+    import torch
+
+    return max(torch.cuda.device_count(), 1)
 
 
 def run_dir(ckpt_path: str | None, new_dir: str) -> str:

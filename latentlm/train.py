@@ -29,9 +29,11 @@ from latentlm.config import (
     register_resolvers,
     validate,
 )
+from latentlm.timings import describe, process_age_s
 
 log = logging.getLogger(__name__)
 register_resolvers()
+_first_job = True  # this process's first job pays the start-up (imports, Hydra); later jobs of a sweep do not
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -43,11 +45,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Bad input found on the way (a ConfigError, e.g. unusable data or a refused resume) writes no summary: it
     stops the command with one line, and a refused resume leaves the resumed run's own summary as it was.
     """
+    global _first_job
+    started, clock = time.time(), time.perf_counter()
+    timings: dict[str, float] = {"startup": (process_age_s() or 0.0) if _first_job else 0.0}
+    _first_job = False
     validate(cfg)
     # torch and Lightning take seconds to import: only once the config is valid, so bad input fails fast.
     from latentlm.callbacks import Diverged
 
-    started = time.time()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
@@ -57,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("skipped: %s does not use rank; this sweep trains it once (%s)", cfg.attention.name, duplicate_of)
         return _write_summary(out_dir, {**summary, "status": "skipped", "duplicate_of": duplicate_of})
     try:
-        summary |= {"status": "ok", "error": None, **_fit(cfg, out_dir)}
+        summary |= {"status": "ok", "error": None, **_fit(cfg, out_dir, timings, clock)}
     except Diverged as err:
         log.error("diverged: %s", err)
         summary |= {"status": "diverged", "error": str(err), "steps": err.step}
@@ -68,17 +73,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _write_summary(out_dir, summary | {"wall_time_s": time.time() - started})
         raise
     finally:
+        finished = time.perf_counter()
         _finish_wandb(summary)
-    return _write_summary(out_dir, summary | {"wall_time_s": time.time() - started})
+        timings["after_fit"] = timings.get("after_fit", 0.0) + time.perf_counter() - finished
+    timings["total"] = timings["startup"] + time.perf_counter() - clock
+    log.info("timings: %s", describe(timings))
+    return _write_summary(out_dir, summary | {"wall_time_s": time.time() - started, "timings": timings})
 
 
-def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Build data, model and trainer, train, and return the run's measured results."""
+def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: float) -> dict[str, Any]:
+    """Build data, model and trainer, train, and return the run's measured results; fills `timings` (seconds a
+    phase, see latentlm.timings) with `started` (perf_counter) as the start of set-up."""
     import lightning as L
     import torch
 
-    from latentlm.callbacks import PlainProgress, StopOnNonFinite, Throughput, train_flops_per_token
+    from latentlm.callbacks import (
+        PhaseTimes,
+        PlainProgress,
+        StopOnNonFinite,
+        Throughput,
+        TimedCheckpointIO,
+        train_flops_per_token,
+    )
     from latentlm.data.tokenizer import run_tokenizer
+    from latentlm.devices import check_trainer_devices, claim_gpu
     from latentlm.lit import LitGPT
     from latentlm.loggers import keep_csv_rows, quiet_libraries
 
@@ -90,12 +108,19 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if not isinstance(err.__cause__, ValueError):
             raise
         raise ConfigError(f"model: {err.__cause__}") from None
+    cuda = torch.cuda.is_available()
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_trainer_devices(trainer_cfg, torch.cuda.device_count())
+    if _jobs_in_parallel_processes() and torch.cuda.device_count() > 1:
+        gpu = claim_gpu(Path(HydraConfig.get().sweep.dir), torch.cuda.device_count())
+        torch.cuda.set_device(gpu)  # this worker's GPU, also for the judge after fit
+        trainer_cfg["devices"] = [gpu]
+        log.info("this worker process trains its sweep jobs on GPU %d", gpu)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup()
     datamodule.export_tokenizer(out_dir)
     build_net = partial(instantiate, cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
-    cuda = torch.cuda.is_available()
     compile_mode = cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
     if compile_mode is not None:
         # Every job of a sweep compiles from scratch. Otherwise torch.compile, seeing a second model of other
@@ -116,7 +141,6 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     if cuda:
         torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls left under bf16 autocast
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     if trainer_cfg["precision"] == "auto":
         trainer_cfg["precision"] = "bf16-mixed" if cuda else "32-true"
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
@@ -136,8 +160,11 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         keep_csv_rows(loggers, before_step=step)
     elif cfg.ckpt_path:
         log.info("resuming %s in a new run folder %s", cfg.ckpt_path, out_dir)
+    checkpoint_io = TimedCheckpointIO()
+    phase_times = PhaseTimes(checkpoint_io)
     trainer = instantiate(
-        trainer_cfg, callbacks=callbacks, logger=loggers, enable_progress_bar=interactive
+        trainer_cfg, callbacks=[*callbacks, phase_times], logger=loggers, enable_progress_bar=interactive,
+        plugins=[checkpoint_io],
     )
     hparams = {
         **_identity(cfg),
@@ -152,7 +179,10 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         for lg in trainer.loggers:
             lg.log_metrics({"data/entropy_floor": datamodule.entropy_floor}, step=0)
 
+    timings["setup"] = time.perf_counter() - started  # Lightning's own set-up inside fit is fit_start
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    timings.update(phase_times.phases())
+    after_fit = time.perf_counter()
     history = module.val_history
     if not history or history[-1]["step"] != trainer.global_step:  # else the last validation was at the end
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -160,6 +190,7 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     elements = net.kv_cache_elements()
     floor = datamodule.entropy_floor
     judge = _judge(cfg, net, datamodule, out_dir)
+    timings["after_fit"] = time.perf_counter() - after_fit
     return {
         "params": net.num_params(),
         "params_non_embedding": net.num_params(non_embedding=True),
@@ -193,6 +224,13 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def _jobs_in_parallel_processes() -> bool:
+    """Whether this is a sweep job that runs beside others in worker processes of this machine (joblib, as
+    hydra/launcher=gpus uses it), so that each worker needs a GPU of its own."""
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN and "JoblibLauncher" in str(hydra_cfg.launcher.get("_target_"))
 
 
 def _resumes_in(cfg: DictConfig, out_dir: Path) -> bool:

@@ -45,6 +45,12 @@ PKGS=(
   opentelemetry-exporter-otlp-proto-common==1.45.2
   opentelemetry-exporter-otlp-common==0.66b2
   opentelemetry-exporter-http-transport==0.66b2
+  # Hydra launchers: hydra/launcher=gpus (joblib) and slurm (submitit)
+  hydra-joblib-launcher==1.2.0
+  joblib==1.6.0
+  cloudpickle==3.1.3
+  hydra-submitit-launcher==1.2.0
+  submitit==1.5.4
 )
 ANTLR=antlr4-python3-runtime==4.9.3   # sdist only on PyPI: built here (pure python)
 

@@ -18,6 +18,7 @@ from matplotlib.image import imread
 
 from latentlm import compare, report
 from latentlm.config import compose_train, group_choices, register_resolvers
+from latentlm.timings import PHASES
 
 register_resolvers()
 PLOTS = (compare.CURVES_PNG, compare.PARETO_PNG)
@@ -292,6 +293,15 @@ def test_tables(sweep):
         "| mla_rope r=d/2 | mha_rope | 3 | +0.0300 [-0.0197, +0.0797] | +1.42% [-0.82%, +3.65%] "
         "| not distinguishable at 3 seeds | +0.0000 [-0.0248, +0.0248] | not distinguishable at 3 seeds |",
     ]
+
+
+def test_the_sweep_wall_time_is_added_up_by_phase(tmp_path):
+    timings = dict.fromkeys(PHASES, 1.0) | {"steps": 20.0, "total": 30.0}
+    runs = [{**r, "timings": timings} for r in RUNS[:4]] + RUNS[4:]  # older runs have no timings
+    lines = compare.markdown(compare.compare([str(write_runs(tmp_path, runs))])).splitlines()
+    assert ("Wall time of the 4 timed runs, added up: 2.0 min = startup 4 s, setup 4 s, fit start 4 s, first step "
+            "4 s, steps 80 s, validation 4 s, checkpoints 4 s, between steps 4 s, after fit 4 s (latentlm.timings "
+            "says what each phase holds).") in lines
 
 
 def test_pareto_plot_has_95_percent_error_bars(sweep, tmp_path):

@@ -11,6 +11,7 @@ from conftest import REPO, read_metrics, run_train, series
 from hydra.core.global_hydra import GlobalHydra
 
 import latentlm.train as train_cli
+from latentlm.timings import PHASES
 
 
 def summary(run_dir) -> dict:
@@ -73,6 +74,16 @@ def test_a_sweep_over_rank_trains_a_variant_without_rank_once(data_root, tmp_pat
     assert runs["mha_r0.5_s0"]["duplicate_of"] == str(sweep / "mha_r0.25_s0")
     assert runs["mha_r0.25_s0"]["rank"] is None and runs["mla_r0.25_s0"]["rank"] == 0.25
     assert runs["mla_r0.25_s0"]["config"]["model"]["d_model"] == 32  # the whole resolved config travels along
+    # the process's start-up (imports, Hydra) is paid by its first job only
+    assert runs["mha_r0.25_s0"]["timings"]["startup"] > 0 and runs["mla_r0.25_s0"]["timings"]["startup"] == 0
+
+
+def test_summary_times_each_phase_of_the_run(smoke_run):
+    """Every phase of latentlm.timings is timed; the phases of fit add up to no more than the run's total."""
+    timings = summary(smoke_run)["timings"]
+    assert set(timings) == {*PHASES, "total"}
+    assert all(timings[p] > 0 for p in ("startup", "setup", "first_step", "steps", "validation", "checkpoints"))
+    assert sum(timings[p] for p in PHASES) <= timings["total"] + 1e-6
 
 
 def test_summary_history_and_one_final_validation(smoke_run):
@@ -110,6 +121,9 @@ def test_missing_checkpoint_is_one_line(tmp_path):
         (["judge.samples=many"], "judge.samples=many is not an integer"),
         (["attention=mla_rope", "attention.kv_latent=both"], "model: kv_latent='both' must be 'joint' or 'split'"),
         (["model.block=gpt3"], "model: model.block='gpt3' is unknown; choose one of: gpt2, llama"),
+        # (on the CPU-only CI machine; on a GPU machine the counts differ)
+        (["trainer.accelerator=gpu"], "trainer.accelerator=gpu asks for a CUDA GPU; this machine has none"),
+        (["+trainer.strategy=fsdp"], "trainer.strategy=fsdp shards the model over CUDA GPUs; this machine has none"),
     ],
 )
 def test_bad_key_or_value_is_one_line_and_leaves_no_run_dir(overrides, expected, tmp_path, monkeypatch, capsys):

@@ -1,0 +1,70 @@
+"""Devices for a job: requests the machine cannot meet stop with one line; parallel sweep workers get a GPU each."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, run_train
+
+from latentlm import devices
+from latentlm.config import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("trainer", "gpus", "error"),
+    [
+        ({"devices": 2}, 1, "trainer.devices=2 asks for 2 GPUs; this machine has 1"),
+        ({"accelerator": "gpu", "devices": [0, 1, 2]}, 2,
+         r"trainer.devices=\[0, 1, 2\] asks for 3 GPUs; this machine has 2"),
+        ({"accelerator": "cuda"}, 0, "trainer.accelerator=cuda asks for a CUDA GPU; this machine has none"),
+        ({"strategy": "fsdp", "accelerator": "cpu", "devices": 2}, 0, "trainer.strategy=fsdp shards the model"),
+    ],
+)
+def test_a_request_the_machine_cannot_meet_is_one_line(trainer, gpus, error):
+    with pytest.raises(ConfigError, match=error):
+        devices.check_trainer_devices(trainer, gpus)
+
+
+@pytest.mark.parametrize(
+    ("trainer", "gpus"),
+    [({"devices": 2, "accelerator": "cpu", "strategy": "ddp"}, 0), ({"devices": 2}, 0), ({"devices": 2}, 2),
+     ({"devices": "auto", "strategy": "fsdp"}, 4), ({"devices": -1}, 1)],
+)
+def test_requests_the_machine_meets_pass(trainer, gpus):
+    devices.check_trainer_devices(trainer, gpus)  # e.g. 2 CPU processes, or auto / -1: whatever there is
+
+
+def test_each_worker_process_claims_a_gpu_of_its_own(tmp_path):
+    """Three processes at once on a 2-GPU machine: two get GPUs 0 and 1 and hold them; the third gets the one-line
+    error. A fourth, started after they end, gets GPU 0 again."""
+    code = (
+        "import sys, time; from latentlm.devices import claim_gpu\n"
+        "try:\n    print(claim_gpu(sys.argv[1], 2), flush=True)\nexcept ValueError as e:\n    print(e, flush=True)\n"
+        "time.sleep(3)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    answers = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    too_many = "hydra.launcher.n_jobs is more than the 2 GPUs of this machine: one job a GPU at a time"
+    assert answers == ["0", "1", too_many]
+    again = subprocess.run([sys.executable, "-c", code.replace("time.sleep(3)", ""), str(tmp_path)], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert again.stdout.strip() == "0"
+
+
+def test_a_worker_keeps_its_gpu_for_every_job(tmp_path):
+    first = devices.claim_gpu(tmp_path, 2)
+    assert devices.claim_gpu(tmp_path, 2) == first
+
+
+@pytest.mark.parametrize("launcher", ["gpus", "submitit_local"])
+def test_a_sweep_runs_through_each_launcher(launcher, data_root, tmp_path):
+    """hydra/launcher=gpus (joblib worker processes; on a CPU machine one worker a job here) and submitit's local
+    executor (the SLURM launcher's code path, offline) run every job of a sweep to its summary."""
+    sweep = tmp_path / "sweep"
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "gpus" else ["hydra.launcher.timeout_min=10"]
+    run_train("-m", f"hydra/launcher={launcher}", *extra, "experiment=smoke", "seed=0,1", "trainer.max_steps=3",
+              "trainer.val_check_interval=3", f"hydra.sweep.dir={sweep}", root=data_root, timeout=300)
+    summaries = [json.loads((sweep / job / "summary.json").read_text()) for job in ("0", "1")]
+    assert [(s["status"], s["seed"], s["steps"]) for s in summaries] == [("ok", 0, 3), ("ok", 1, 3)]
