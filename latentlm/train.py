@@ -83,15 +83,12 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     from latentlm.loggers import keep_csv_rows, quiet_libraries
 
     quiet_libraries()
-    try:  # the model's constructors check its sizes and options: build it on the meta device (no memory, no time)
-        with torch.device("meta"):
-            instantiate(cfg.model, vocab_size=1, _convert_="all")
-    except InstantiationException as err:
-        if not isinstance(err.__cause__, ValueError):
-            raise
-        raise ConfigError(f"model: {err.__cause__}") from None
+    # The constructors check their values: build the model on the meta device (no memory, no time), and the data
+    # module (its source and tokenizer check their settings and files; the data is read in setup).
+    with torch.device("meta"):
+        _build(cfg.model, "model: ", vocab_size=1)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = _build(cfg.data)
     datamodule.setup()
     datamodule.export_tokenizer(out_dir)
     build_net = partial(instantiate, cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
@@ -195,6 +192,16 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     }
 
 
+def _build(node: DictConfig, prefix: str = "", **kwargs: Any) -> Any:
+    """instantiate(node), with a constructor's ValueError (a bad value) as the one-line ConfigError."""
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except InstantiationException as err:
+        if not isinstance(err.__cause__, ValueError):
+            raise
+        raise ConfigError(f"{prefix}{err.__cause__}") from None
+
+
 def _resumes_in(cfg: DictConfig, out_dir: Path) -> bool:
     """Whether this run resumes from a checkpoint of the run folder it writes to (see config.run_dir)."""
     return bool(cfg.ckpt_path) and Path(cfg.ckpt_path).resolve().parent.parent == out_dir.resolve()
@@ -243,7 +250,9 @@ def _claim(cfg: DictConfig) -> str | None:
 def _judge(cfg: DictConfig, net: Any, datamodule: Any, out_dir: Path) -> dict[str, Any] | None:
     """Grade `judge.samples` stories sampled from the trained model with the story grammar (latentlm.judge); the
     samples are kept in judge_samples.txt."""
-    if not cfg.judge.samples or cfg.data.get("source") != "synthetic":
+    from latentlm.data.pipeline import SyntheticStories
+
+    if not cfg.judge.samples or not isinstance(getattr(datamodule, "source", None), SyntheticStories):
         return None
     import torch
 
