@@ -46,6 +46,7 @@ METRICS = ("final", "best")  # val_loss_final: the whole validation split at the
 GROUP_KEY_IGNORES = (
     "attention",
     "model.attention",  # ${attention}
+    "module",  # ${model}, ${optimizer}, ... around the LightningModule's _target_
     "model._recursive_",  # how Hydra builds the model, not what it is
     "data._recursive_",
     "rank",

@@ -79,7 +79,6 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     from latentlm.callbacks import PlainProgress, StopOnNonFinite, Throughput, train_flops_per_token
     from latentlm.data.tokenizer import run_tokenizer
-    from latentlm.lit import LitGPT
     from latentlm.loggers import keep_csv_rows, quiet_libraries
 
     quiet_libraries()
@@ -99,7 +98,8 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         # sizes in the same process, marks them dynamic: later jobs would train with other (symbolic-shape) kernels
         # than the first, and on an H200 that recompilation under CUDA graphs segfaulted.
         torch._dynamo.reset()
-    module = LitGPT.from_config(cfg, datamodule.vocab_size, run_tokenizer(out_dir), compile_mode=compile_mode)
+    module = instantiate(cfg.module, vocab_size=datamodule.vocab_size, tokenizer=run_tokenizer(out_dir),
+                         compile_mode=compile_mode, _convert_="all")
     net = module.net
     log.info(
         "model: %s, attention=%s rank=%s: %s parameters (%s non-embedding), KV cache %d elements/token",
