@@ -136,12 +136,8 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     trainer = instantiate(
         trainer_cfg, callbacks=callbacks, logger=loggers, enable_progress_bar=interactive
     )
-    hparams = {
-        **_identity(cfg),
-        "params": net.num_params(),
-        "params_non_embedding": net.num_params(non_embedding=True),
-        **_flatten(OmegaConf.to_container(cfg, resolve=True), "config/"),
-    }
+    params = {"params": net.num_params(), "params_non_embedding": net.num_params(non_embedding=True)}
+    hparams = {**_identity(cfg), **params, **_flatten(OmegaConf.to_container(cfg, resolve=True), "config/")}
     hparams.pop("config")
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
@@ -158,8 +154,7 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     floor = datamodule.entropy_floor
     judge = _judge(cfg, net, datamodule, out_dir)
     return {
-        "params": net.num_params(),
-        "params_non_embedding": net.num_params(non_embedding=True),
+        **params,
         "kv_cache": {
             "elements_per_token_per_layer": [b.attn.kv_cache_elements() for b in net.blocks],
             "elements_per_token": elements,
