@@ -111,8 +111,11 @@ def check_cli_keys(argv: list[str]) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the values that would otherwise fail deep inside training, before any work starts. The model's and the
-    data's own values are checked by their constructors (train.py builds both before any work)."""
+    """Check the values that would otherwise fail deep inside training, before any work starts.
+
+    The data's and the tokenizer's values are checked by their constructors, and the model's options by its own
+    (train.py builds both before any work). The head and block divisibility below is still checked here as well:
+    the attention constructors' messages do not name the config keys yet."""
     numbers = (("seed", int), ("rank", float), ("optimizer.lr", float), ("trainer.max_steps", int),
                ("judge.samples", int), ("judge.temperature", float))
     for key, kind in numbers:
