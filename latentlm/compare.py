@@ -19,6 +19,7 @@ pareto_kv_vs_loss.png (validation loss against KV-cache bytes per token, 95% int
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from collections.abc import Sequence
@@ -46,7 +47,9 @@ METRICS = ("final", "best")  # val_loss_final: the whole validation split at the
 GROUP_KEY_IGNORES = (
     "attention",
     "model.attention",  # ${attention}
+    "module",  # ${model}, ${optimizer}, ... around the LightningModule's _target_
     "model._recursive_",  # how Hydra builds the model, not what it is
+    "data._recursive_",
     "rank",
     "seed",
     "data.shuffle_seed",  # ${seed}: the training order
@@ -73,6 +76,19 @@ KEYS_ADDED_LATER = {
     "model.block": "gpt2",
     "scheduler._target_": "latentlm.schedules.warmup_cosine",
     "scheduler._partial_": True,
+}
+# Config values that were renamed after runs were recorded: an older run's config is read in today's words (the
+# same training under other names), so it still compares with newer runs. Data and tokenizer configs named their
+# source and kind before they named classes with `_target_`.
+DATA_SOURCES = {
+    "synthetic": "latentlm.data.datamodule.SyntheticDataModule",
+    "text": "latentlm.data.datamodule.TextDataModule",
+    "tinystories": "latentlm.data.datamodule.TinyStoriesDataModule",
+}
+TOKENIZER_KINDS = {
+    "bpe": "latentlm.data.tokenizer.BPE",
+    "bytes": "latentlm.data.tokenizer.Bytes",
+    "gpt2": "latentlm.data.tokenizer.GPT2",
 }
 # Columns of the runs frame: summary.json's fields, nested ones under a short name. `group` is the comparable-group key.
 RUN_FIELDS = (
@@ -131,14 +147,27 @@ def complete_summary(summary: dict[str, Any], run: str) -> dict[str, Any]:
     summary.setdefault("rank", config.get("rank"))
     if attention and attention.get("rank") is None:
         summary["rank"] = None  # older summaries logged the rank of variants that have no latent (no rank) too
-    scheduler = config.get("scheduler")
-    if isinstance(scheduler, dict) and "_target_" not in scheduler:  # before schedules were functions
-        scheduler = {"_target_": "latentlm.schedules.warmup_cosine", "_partial_": True, **scheduler}
-        config = {**config, "scheduler": scheduler}
+    config = current_config(config)
     if not isinstance(summary["attention"], str):
         raise CompareError(f"{run}: no attention name in its summary or config")
     summary["group"] = group_key(config, summary.get("precision"))
     return summary
+
+
+def current_config(config: dict[str, Any]) -> dict[str, Any]:
+    """An older run's resolved config in today's words: the schedule as a function's config, the data module and
+    the tokenizer named by `_target_` (DATA_SOURCES, TOKENIZER_KINDS)."""
+    config = copy.deepcopy(config)
+    scheduler = config.get("scheduler")
+    if isinstance(scheduler, dict) and "_target_" not in scheduler:  # before schedules were functions
+        config["scheduler"] = {"_target_": "latentlm.schedules.warmup_cosine", "_partial_": True, **scheduler}
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    if "source" in data:
+        data["_target_"] = DATA_SOURCES[data.pop("source")]
+    for tokenizer in (config.get("tokenizer"), data.get("tokenizer")):
+        if isinstance(tokenizer, dict) and "kind" in tokenizer:
+            tokenizer["_target_"] = TOKENIZER_KINDS[tokenizer.pop("kind")]
+    return config
 
 
 def _csv_history(metrics_csv: Path) -> list[dict[str, float]]:

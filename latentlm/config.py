@@ -120,7 +120,11 @@ def check_cli_keys(argv: list[str]) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the values that would otherwise fail deep inside training, before any work starts."""
+    """Check the values that would otherwise fail deep inside training, before any work starts.
+
+    The data's and the tokenizer's values are checked by their constructors, and the model's options by its own
+    (train.py builds both before any work). The head and block divisibility below is still checked here as well:
+    the attention constructors' messages do not name the config keys yet."""
     numbers = (("seed", int), ("rank", float), ("optimizer.lr", float), ("trainer.max_steps", int),
                ("judge.samples", int), ("judge.temperature", float))
     for key, kind in numbers:
@@ -151,25 +155,13 @@ def validate(cfg: DictConfig) -> None:
         )
     if not isinstance(cfg.data.batch_size, int) or cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a whole number of sequences, at least 1")
-    if cfg.data.get("tokenizer") is not None and cfg.data.tokenizer.kind == "bpe":
-        from latentlm.data.tokenizer import check_bpe_vocab_size
-
-        check_bpe_vocab_size(cfg.data.tokenizer.vocab_size)
     if cfg.data.seq_len > m.block_size:
         raise ConfigError(
             f"data.seq_len={cfg.data.seq_len} is longer than the context "
             f"model.block_size={m.block_size}; use data.seq_len <= {m.block_size}"
         )
-    if cfg.data.get("source") == "text" and OmegaConf.is_missing(cfg.data, "files"):
+    if OmegaConf.is_missing(cfg.data, "files"):
         raise ConfigError("data.files is required with data=text: give files or globs, e.g. data.files='my/*.txt'")
-    if cfg.data.get("source") in ("text", "tinystories"):
-        from latentlm.data.pipeline import check_source
-
-        try:
-            check_source(OmegaConf.to_container(cfg.data, resolve=True))
-        except FileNotFoundError as err:
-            raise ConfigError(str(err)) from None
-
 
 def _check_number(cfg: DictConfig, key: str, kind: type) -> None:
     """`key` holds a number of `kind` (an int also passes as a float)."""

@@ -58,7 +58,9 @@ def _from_run_dir(ckpt: Path) -> LitGPT:
             f"ckpt={ckpt} holds no model config and tokenizer (it predates checkpoints that keep them), and its "
             f"run dir {run_dir} has no config.yaml and tokenizer.json either; load it from its run's checkpoints/"
         )
-    return LitGPT.from_config(OmegaConf.load(run_dir / "config.yaml"), tokenizer["vocab_size"], tokenizer)
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    return LitGPT(cfg["model"], tokenizer["vocab_size"], cfg["optimizer"], cfg["scheduler"], cfg["label_smoothing"],
+                  tokenizer)
 
 
 def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,

@@ -10,7 +10,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import SumMetric
@@ -30,14 +29,19 @@ class LitGPT(L.LightningModule):
         tokenizer: dict[str, Any] | None = None,
         compile_mode: str | None = None,
     ):
-        """`model`: GPT's keyword arguments but vocab_size (a model config without `_target_`: loading a checkpoint
-        calls no class it names). `optimizer`: a `_partial_` torch.optim config (configs/optimizer/).
+        """Built from the train config's `module` node. `model`: a model config (configs/model/), GPT's keyword
+        arguments but vocab_size. `optimizer`: a `_partial_` torch.optim config (configs/optimizer/).
         `scheduler`: a `_partial_` schedule config (configs/scheduler/, latentlm.schedules) without total_steps,
         which is trainer.max_steps. `tokenizer`: the run's tokenizer (latentlm.data.tokenizer.run_tokenizer), kept
         so a checkpoint decodes text on its own. `compile_mode` is how this process trains, not part of the model:
         it is not saved, and a loaded module runs eagerly."""
         super().__init__()
         self.save_hyperparameters(ignore=["compile_mode"], logger=False)  # train.py logs the whole config
+        model = dict(model)
+        target = model.pop("_target_", "latentlm.model.GPT")  # checkpoints from before `module` have none
+        model.pop("_recursive_", None)  # GPT builds its attention layers itself
+        if get_class(target) is not GPT:
+            raise ConfigError(f"model._target_={target}: LitGPT builds latentlm.model.GPT only")
         self.net = GPT(vocab_size=vocab_size, **model)
         self.label_smoothing = label_smoothing
         # Sums over every validation token, so val/loss is the token-weighted mean over the whole split.
@@ -49,26 +53,6 @@ class LitGPT(L.LightningModule):
             # model. torch.compile is lazy: nothing is compiled before the first step, on whatever device.
             self._train_loss = torch.compile(self._train_loss, mode=compile_mode)
             self._val_metrics = torch.compile(self._val_metrics, mode=compile_mode)
-
-    @classmethod
-    def from_config(
-        cls, cfg: DictConfig, vocab_size: int, tokenizer: dict[str, Any] | None, compile_mode: str | None = None
-    ) -> "LitGPT":
-        """The module a train config describes (configs/train.yaml composed, or a run's config.yaml)."""
-        model = OmegaConf.to_container(cfg.model, resolve=True)
-        target = model.pop("_target_")
-        model.pop("_recursive_", None)  # GPT builds its attention layers itself
-        if get_class(target) is not GPT:
-            raise ConfigError(f"model._target_={target}: LitGPT builds latentlm.model.GPT only")
-        return cls(
-            model,
-            vocab_size,
-            OmegaConf.to_container(cfg.optimizer, resolve=True),
-            OmegaConf.to_container(cfg.scheduler, resolve=True),
-            cfg.label_smoothing,
-            tokenizer,
-            compile_mode,
-        )
 
     def _logits(self, x: Tensor) -> Tensor:
         """Logits over the real vocab (B * T, V) in fp32 for the losses."""

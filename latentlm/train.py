@@ -97,17 +97,13 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
     )
     from latentlm.data.tokenizer import run_tokenizer
     from latentlm.devices import check_trainer_devices, claim_gpu
-    from latentlm.lit import LitGPT
     from latentlm.loggers import keep_csv_rows, quiet_libraries
 
     quiet_libraries()
-    try:  # the model's constructors check its sizes and options: build it on the meta device (no memory, no time)
-        with torch.device("meta"):
-            instantiate(cfg.model, vocab_size=1, _convert_="all")
-    except InstantiationException as err:
-        if not isinstance(err.__cause__, ValueError):
-            raise
-        raise ConfigError(f"model: {err.__cause__}") from None
+    # The constructors check their values: build the model on the meta device (no memory, no time), and the data
+    # module (its source and tokenizer check their settings and files; the data is read in setup).
+    with torch.device("meta"):
+        _build(cfg.model, "model: ", vocab_size=1)
     cuda = torch.cuda.is_available()
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_trainer_devices(trainer_cfg, torch.cuda.device_count())
@@ -117,7 +113,7 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
         trainer_cfg["devices"] = [gpu]
         log.info("this worker process trains its sweep jobs on GPU %d", gpu)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = _build(cfg.data)
     datamodule.setup()
     datamodule.export_tokenizer(out_dir)
     build_net = partial(instantiate, cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
@@ -127,7 +123,8 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
         # sizes in the same process, marks them dynamic: later jobs would train with other (symbolic-shape) kernels
         # than the first, and on an H200 that recompilation under CUDA graphs segfaulted.
         torch._dynamo.reset()
-    module = LitGPT.from_config(cfg, datamodule.vocab_size, run_tokenizer(out_dir), compile_mode=compile_mode)
+    module = instantiate(cfg.module, vocab_size=datamodule.vocab_size, tokenizer=run_tokenizer(out_dir),
+                         compile_mode=compile_mode, _convert_="all")
     net = module.net
     log.info(
         "model: %s, attention=%s rank=%s: %s parameters (%s non-embedding), KV cache %d elements/token",
@@ -166,12 +163,8 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
         trainer_cfg, callbacks=[*callbacks, phase_times], logger=loggers, enable_progress_bar=interactive,
         plugins=[checkpoint_io],
     )
-    hparams = {
-        **_identity(cfg),
-        "params": net.num_params(),
-        "params_non_embedding": net.num_params(non_embedding=True),
-        **_flatten(OmegaConf.to_container(cfg, resolve=True), "config/"),
-    }
+    params = {"params": net.num_params(), "params_non_embedding": net.num_params(non_embedding=True)}
+    hparams = {**_identity(cfg), **params, **_flatten(OmegaConf.to_container(cfg, resolve=True), "config/")}
     hparams.pop("config")
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
@@ -192,8 +185,7 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
     judge = _judge(cfg, net, datamodule, out_dir)
     timings["after_fit"] = time.perf_counter() - after_fit
     return {
-        "params": net.num_params(),
-        "params_non_embedding": net.num_params(non_embedding=True),
+        **params,
         "kv_cache": {
             "elements_per_token_per_layer": [b.attn.kv_cache_elements() for b in net.blocks],
             "elements_per_token": elements,
@@ -231,6 +223,16 @@ def _jobs_in_parallel_processes() -> bool:
     hydra/launcher=gpus uses it), so that each worker needs a GPU of its own."""
     hydra_cfg = HydraConfig.get()
     return hydra_cfg.mode == RunMode.MULTIRUN and "JoblibLauncher" in str(hydra_cfg.launcher.get("_target_"))
+
+
+def _build(node: DictConfig, prefix: str = "", **kwargs: Any) -> Any:
+    """instantiate(node), with a constructor's ValueError (a bad value) as the one-line ConfigError."""
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except InstantiationException as err:
+        if not isinstance(err.__cause__, ValueError):
+            raise
+        raise ConfigError(f"{prefix}{err.__cause__}") from None
 
 
 def _resumes_in(cfg: DictConfig, out_dir: Path) -> bool:
@@ -281,7 +283,9 @@ def _claim(cfg: DictConfig) -> str | None:
 def _judge(cfg: DictConfig, net: Any, datamodule: Any, out_dir: Path) -> dict[str, Any] | None:
     """Grade `judge.samples` stories sampled from the trained model with the story grammar (latentlm.judge); the
     samples are kept in judge_samples.txt."""
-    if not cfg.judge.samples or cfg.data.get("source") != "synthetic":
+    from latentlm.data.pipeline import SyntheticStories
+
+    if not cfg.judge.samples or not isinstance(getattr(datamodule, "source", None), SyntheticStories):
         return None
     import torch
 

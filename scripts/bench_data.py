@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +30,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from latentlm.config import ConfigError  # noqa: E402
-from latentlm.data.pipeline import build_cache  # noqa: E402
-from latentlm.data.tokenizer import load_encoding  # noqa: E402
+from latentlm.data.pipeline import SyntheticStories, build_cache  # noqa: E402
+from latentlm.data.tokenizer import BPE, KINDS, load_encoding  # noqa: E402
 
 RELOAD = """
 import json, sys, time
 t = time.perf_counter()
-from latentlm.data.pipeline import build_cache
+from latentlm.data.pipeline import SyntheticStories, build_cache
+from latentlm.data.tokenizer import BPE
 data, tok, cache_dir = json.loads(sys.argv[1])
-cache = build_cache(cache_dir, data, tok)
+cache = build_cache(cache_dir, SyntheticStories(**data), BPE(**tok))
 print(json.dumps({"seconds": time.perf_counter() - t, "path": str(cache.path)}))
 """
 
@@ -92,8 +94,8 @@ def main() -> None:
     add_out_argument(parser, "data", "bench_data.json")
     args = parser.parse_args()
 
-    data = {"source": "synthetic", "num_stories": args.num_stories, "val_stories": args.val_stories, "seed": 0}
-    bpe = {"kind": "bpe", "vocab_size": args.vocab_size, "train_documents": args.train_documents}
+    data = SyntheticStories(num_stories=args.num_stories, val_stories=args.val_stories, seed=0)
+    bpe = BPE(vocab_size=args.vocab_size, train_documents=args.train_documents)
     load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="bench_data_"))
     try:
@@ -106,8 +108,9 @@ def main() -> None:
         again = build_cache(root, data, bpe, args.num_proc)
         cached_in_process = time.perf_counter() - started
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", RELOAD, json.dumps([data, bpe, str(root)])], cwd=REPO,
-                              capture_output=True, text=True, check=True)
+        reload_args = json.dumps([asdict(data), asdict(bpe), str(root)])
+        proc = subprocess.run([sys.executable, "-c", RELOAD, reload_args], cwd=REPO, capture_output=True, text=True,
+                              check=True)
         cached_new_process = time.perf_counter() - started
         reload = json.loads(proc.stdout.strip().splitlines()[-1])
         assert again.path == cache.path and reload["path"] == str(cache.path), "the second call rebuilt the cache"
@@ -119,7 +122,7 @@ def main() -> None:
             "date": datetime.date.today().isoformat(),
             "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average_1m": [load_before[0], load_after[0]],
                         "python": platform.python_version()},
-            "config": {"data": data, "tokenizer": bpe, "num_proc": args.num_proc},
+            "config": {"data": data.identity(), "tokenizer": bpe.config(), "num_proc": args.num_proc},
             "stories": stories,
             "tokens": tokens,
             "vocab_size": cache.meta["vocab_size"],
@@ -145,7 +148,7 @@ def main() -> None:
                 except ConfigError as err:
                     result["tokenizers"][kind] = {"unavailable": str(err).split(";")[0]}
                     continue
-                other = build_cache(root, data, {"kind": kind}, args.num_proc)
+                other = build_cache(root, data, KINDS[kind](), args.num_proc)
                 result["tokenizers"][kind] = per_tokenizer(other, stats["words"])
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -243,6 +243,16 @@ def test_runs_older_than_a_config_key_compare_with_runs_at_its_equivalent_value(
     assert variant(comparison, "mla_rope", 0.5, **{"model.block": "llama"}).loss_n == 1
 
 
+def test_runs_from_before_data_and_tokenizer_targets_compare_with_newer_runs(tmp_path):
+    """CONFIG names its data source and tokenizer kind (older runs); newer configs name their classes."""
+    newer = summary("mla_rope", 4, 2.2, rank=0.5, kv=288, sweep="s2")
+    data = newer["config"]["data"]
+    data |= {"_target_": compare.DATA_SOURCES[data.pop("source")], "_recursive_": False}
+    newer["config"]["tokenizer"] = {"_target_": "latentlm.data.tokenizer.BPE", "vocab_size": 384}
+    comparison = compare.compare([str(write_runs(tmp_path, [*RUNS, newer]))])
+    assert len(comparison.headers) == 1 and variant(comparison, "mla_rope", 0.5).loss_n == 4
+
+
 def test_a_repeated_run_is_set_apart_with_the_run_it_repeats(tmp_path):
     repeat = summary("mha_rope", 0, 9.9, sweep="s2")  # the same config, variant and seed in another sweep
     comparison = compare.compare([str(write_runs(tmp_path, [*RUNS, repeat]))])

@@ -5,15 +5,16 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from conftest import REPO
 
 from latentlm.config import ConfigError
-from latentlm.data import pipeline
+from latentlm.data import pipeline, tokenizer
 from latentlm.data.datamodule import PackedTokens
-from latentlm.data.pipeline import build_cache, load_cache
+from latentlm.data.pipeline import SyntheticStories, TextFiles, TinyStories, build_cache, load_cache
 
 DOCS = [f"Story {i}: Ben had {i} red apples and gave one to Mia." for i in range(60)]
 
@@ -22,10 +23,10 @@ DOCS = [f"Story {i}: Ben had {i} red apples and gave one to Mia." for i in range
 def text_cfg(tmp_path):
     path = tmp_path / "docs.txt"
     path.write_text("<|endoftext|>".join([*DOCS[:30], "   ", *DOCS[30:]]))  # one empty document, skipped
-    return {"source": "text", "files": [str(path)], "separator": "<|endoftext|>", "val_fraction": 0.1}
+    return TextFiles(files=[str(path)], separator="<|endoftext|>", val_fraction=0.1)
 
 
-BPE = {"kind": "bpe", "vocab_size": 300, "train_documents": 100}
+BPE = tokenizer.BPE(vocab_size=300, train_documents=100)
 
 
 def test_packed_files_hold_every_document_and_eot(tmp_path, text_cfg):
@@ -41,10 +42,10 @@ def test_packed_files_hold_every_document_and_eot(tmp_path, text_cfg):
 
 def test_cache_is_reused_and_keyed_by_config(tmp_path, text_cfg, monkeypatch):
     first = build_cache(tmp_path / "cache", text_cfg, BPE)
-    monkeypatch.setattr(pipeline, "documents", lambda *a, **k: pytest.fail("rebuilt a cached config"))
+    monkeypatch.setattr(TextFiles, "documents", lambda *a, **k: pytest.fail("rebuilt a cached config"))
     assert build_cache(tmp_path / "cache", text_cfg, BPE).path == first.path
     monkeypatch.undo()
-    other = build_cache(tmp_path / "cache", text_cfg, {**BPE, "vocab_size": 290})
+    other = build_cache(tmp_path / "cache", text_cfg, replace(BPE, vocab_size=290))
     assert other.path != first.path
 
 
@@ -64,6 +65,8 @@ def test_next_build_deletes_what_a_killed_build_left(tmp_path, text_cfg):
     killed = (
         "import os, signal\n"
         "from latentlm.data import pipeline\n"
+        "from latentlm.data.pipeline import TextFiles\n"
+        "from latentlm.data.tokenizer import BPE\n"
         "pipeline._write_tokens = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
         f"pipeline.build_cache({str(tmp_path / 'cache')!r}, {text_cfg!r}, {BPE!r})\n"
     )
@@ -84,7 +87,7 @@ def test_a_build_in_progress_keeps_its_folder(tmp_path, text_cfg):
         assert (cache_dir / ".text-0123.tmp-cafe").is_dir()
     finally:
         os.close(other)  # that build ends (or dies): its folder, if still there, is garbage
-    build_cache(cache_dir, {**text_cfg, "val_fraction": 0.2}, BPE)
+    build_cache(cache_dir, replace(text_cfg, val_fraction=0.2), BPE)
     assert not (cache_dir / ".text-0123.tmp-cafe").exists()
 
 
@@ -101,7 +104,7 @@ def test_truncated_cache_is_not_valid(tmp_path, text_cfg):
 
 def test_changed_text_file_changes_the_fingerprint(tmp_path, text_cfg):
     first = build_cache(tmp_path / "cache", text_cfg, BPE)
-    with open(text_cfg["files"][0], "a") as f:
+    with open(text_cfg.files[0], "a") as f:
         f.write("<|endoftext|>A new story about a dog.")
     assert build_cache(tmp_path / "cache", text_cfg, BPE).path != first.path
 
@@ -123,7 +126,7 @@ def test_too_small_split_is_a_clear_error(tmp_path):
 
 
 UNICODE = 'Naïve café, emoji 🙂, CJK 漢字, "quotes" and tabs\tstay.'
-BYTES = {"kind": "bytes"}
+BYTES = tokenizer.Bytes()
 
 
 def decoded_docs(cache, split: str) -> list[str]:
@@ -137,7 +140,7 @@ def test_text_keeps_unicode_and_counts_empty_documents(tmp_path, caplog):
                     encoding="utf-8")  # 2 empty documents: one of blank lines, one after the last separator
     jsonl = tmp_path / "more.jsonl"
     jsonl.write_text('{"text": "  "}\n{"text": "Über 🙂"}\n', encoding="utf-8")
-    cfg = {"source": "text", "files": [str(path), str(jsonl)], "separator": "<|endoftext|>", "val_fraction": 0.1}
+    cfg = TextFiles(files=[str(path), str(jsonl)], separator="<|endoftext|>", val_fraction=0.1)
     with caplog.at_level("INFO", logger="latentlm.data.pipeline"):
         cache = build_cache(tmp_path / "cache", cfg, BPE)
     assert cache.meta["empty_documents_skipped"] == 3
@@ -149,7 +152,7 @@ def test_text_keeps_unicode_and_counts_empty_documents(tmp_path, caplog):
 def test_literal_eot_inside_a_document_stays_text(tmp_path):
     path = tmp_path / "docs.txt"
     path.write_text("\n===\n".join(["An <|endoftext|> inside.", *DOCS[:5]]), encoding="utf-8")
-    cfg = {"source": "text", "files": [str(path)], "separator": "===", "val_fraction": 0.2}
+    cfg = TextFiles(files=[str(path)], separator="===", val_fraction=0.2)
     cache = build_cache(tmp_path / "cache", cfg, BYTES)
     tokens = np.fromfile(cache.split_path("train"), dtype=cache.dtype)
     assert (tokens == 256).sum() == cache.meta["splits"]["train"]["documents"] == 5  # one EOT per document
@@ -157,7 +160,7 @@ def test_literal_eot_inside_a_document_stays_text(tmp_path):
 
 
 def test_worker_processes_give_the_same_cache(tmp_path, monkeypatch):
-    cfg = {"source": "synthetic", "num_stories": 120, "val_stories": 10, "seed": 3}
+    cfg = SyntheticStories(num_stories=120, val_stories=10, seed=3)
     serial = build_cache(tmp_path / "serial", cfg, BPE)
     monkeypatch.setattr(pipeline, "PARALLEL_MIN_DOCS", 0)  # use worker processes for these few stories
     assert pipeline._workers(120, 2) == 2
@@ -180,12 +183,12 @@ PINNED = {
 }
 
 
-@pytest.mark.parametrize("tokenizer", [BPE, BYTES], ids=["bpe", "bytes"])
-def test_token_files_are_pinned(tmp_path, tokenizer):
-    cfg = {"source": "synthetic", "num_stories": 300, "val_stories": 20, "seed": 7}
-    cache = build_cache(tmp_path / "cache", cfg, tokenizer)
+@pytest.mark.parametrize("tok", [BPE, BYTES], ids=["bpe", "bytes"])
+def test_token_files_are_pinned(tmp_path, tok):
+    cfg = SyntheticStories(num_stories=300, val_stories=20, seed=7)
+    cache = build_cache(tmp_path / "cache", cfg, tok)
     digests = tuple(hashlib.sha256(cache.split_path(s).read_bytes()).hexdigest() for s in ("train", "val"))
-    assert digests == PINNED[tokenizer["kind"]]
+    assert digests == PINNED[tok.kind]
 
 # TinyStories in the dataset's own schema (one `text` column), as on the Hub.
 STORIES = [f"Once upon a time, {name} found {i} shells. The end 🙂" for i, name in
@@ -193,7 +196,7 @@ STORIES = [f"Once upon a time, {name} found {i} shells. The end 🙂" for i, nam
 
 
 def tinystories_cfg(local_path, hf_cache, **kw):
-    return {"source": "tinystories", "path": "roneneldan/TinyStories", "local_path": local_path and str(local_path),
+    return {"path": "roneneldan/TinyStories", "local_path": local_path and str(local_path),
             "separator": "<|endoftext|>", "num_stories": 12, "val_stories": 3, "hf_cache_dir": str(hf_cache), **kw}
 
 
@@ -207,7 +210,7 @@ def test_tinystories_from_local_parquet_in_its_schema(tmp_path):
     pq.write_table(pa.table({"text": train}), data / "train-00000-of-00001.parquet")
     pq.write_table(pa.table({"text": STORIES[25:]}), data / "validation-00000-of-00001.parquet")
     cfg = tinystories_cfg(tmp_path / "TinyStories", tmp_path / "hf")
-    cache = build_cache(tmp_path / "cache", cfg, BYTES)
+    cache = build_cache(tmp_path / "cache", TinyStories(**cfg), BYTES)
     assert decoded_docs(cache, "train") == STORIES[:12]  # the first num_stories, unicode kept
     assert decoded_docs(cache, "val") == STORIES[25:28]  # from the validation files
     assert cache.meta["empty_documents_skipped"] == 1
@@ -221,33 +224,33 @@ def test_tinystories_from_txt_files_split_by_name_or_carved(tmp_path):
     (folder / "TinyStories-train.txt").write_text(as_txt(STORIES[:20]), encoding="utf-8")
     (folder / "TinyStories-valid.txt").write_text(as_txt(STORIES[20:]), encoding="utf-8")
     files = {"train": [str(folder / "TinyStories-train.txt")], "validation": [str(folder / "TinyStories-valid.txt")]}
-    assert pipeline.tinystories_files(tinystories_cfg(folder, tmp_path / "hf")) == ("text", files)
-    cache = build_cache(tmp_path / "cache", tinystories_cfg(folder, tmp_path / "hf"), BYTES)
+    assert TinyStories(**tinystories_cfg(folder, tmp_path / "hf")).files() == ("text", files)
+    cache = build_cache(tmp_path / "cache", TinyStories(**tinystories_cfg(folder, tmp_path / "hf")), BYTES)
     assert decoded_docs(cache, "train") == STORIES[:12] and decoded_docs(cache, "val") == STORIES[20:23]
     # One file: validation stories are its first val_stories, training stories follow them.
     one = tinystories_cfg(folder / "TinyStories-train.txt", tmp_path / "hf", num_stories=None)
-    cache = build_cache(tmp_path / "cache", one, BYTES)
+    cache = build_cache(tmp_path / "cache", TinyStories(**one), BYTES)
     assert decoded_docs(cache, "val") == STORIES[:3] and decoded_docs(cache, "train") == STORIES[3:20]
     assert cache.meta["empty_documents_skipped"] == 1  # the text after the last separator
 
 
 def test_tinystories_missing_local_path_names_the_key(tmp_path):
     cfg = tinystories_cfg(tmp_path / "nowhere", tmp_path / "hf")
-    with pytest.raises(FileNotFoundError, match=r"^data.local_path=\S+/nowhere does not exist; give a folder"):
-        pipeline.check_source(cfg)
+    with pytest.raises(ConfigError, match=r"^data.local_path=\S+/nowhere does not exist; give a folder"):
+        TinyStories(**cfg)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="holds no .parquet, .jsonl, .json or .txt file"):
-        pipeline.check_source(tinystories_cfg(tmp_path / "empty", tmp_path / "hf"))
-    pipeline.check_source({**cfg, "local_path": None})  # the Hub: nothing to check before loading
+    with pytest.raises(ConfigError, match="holds no .parquet, .jsonl, .json or .txt file"):
+        TinyStories(**tinystories_cfg(tmp_path / "empty", tmp_path / "hf"))
+    TinyStories(**{**cfg, "local_path": None})  # the Hub: nothing to check before loading
 
 
 def test_tinystories_offline_without_cache_names_both_fixes(tmp_path, monkeypatch):
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    cfg = tinystories_cfg(None, tmp_path / "empty_hf_cache")
+    source = TinyStories(**tinystories_cfg(None, tmp_path / "empty_hf_cache"))
     with pytest.raises(ConfigError) as err:
-        pipeline.documents(cfg)
+        source.documents()
     assert "HF_DATASETS_OFFLINE=1" in str(err.value) and "data.local_path=" in str(err.value)
     assert "data.path=roneneldan/TinyStories" in str(err.value)
 
@@ -259,7 +262,7 @@ def test_tinystories_from_the_hub_takes_the_first_stories_of_each_split(tmp_path
                                 "validation": datasets.Dataset.from_dict({"text": ["", *STORIES[20:]]})})
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", lambda path, **kw: calls.append((path, kw)) or hub)
-    splits = pipeline.documents(tinystories_cfg(None, tmp_path / "hf"), report=(report := {}))
+    splits = TinyStories(**tinystories_cfg(None, tmp_path / "hf")).documents(report=(report := {}))
     assert calls == [("roneneldan/TinyStories", {"cache_dir": str(tmp_path / "hf")})]
     assert splits["train"]["text"] == STORIES[:12] and splits["val"]["text"] == STORIES[20:23]
     assert report == {"empty_documents_skipped": 1}
@@ -294,10 +297,9 @@ FORTUNES = "%\nA fortune\non two lines.\n%\nAnother one.\n%\n\n%\nThe last, 100%
 def test_text_split_modes_and_documents_per_file(tmp_path, caplog, split, separator, text, documents, empty):
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_text(text, encoding="utf-8")
-    cfg = {"source": "text", "files": str(tmp_path / "*.txt"), "split": split, "separator": separator,
-           "val_fraction": 0.01}
+    source = TextFiles(files=str(tmp_path / "*.txt"), split=split, separator=separator, val_fraction=0.01)
     with caplog.at_level("INFO", logger="latentlm.data.pipeline"):
-        splits = pipeline.documents(cfg, report=(report := {}))
+        splits = source.documents(report=(report := {}))
     assert [*splits["train"]["text"], *splits["val"]["text"]] == documents * 2
     assert report["empty_documents_skipped"] == 2 * empty
     for name in ("a.txt", "b.txt"):
@@ -306,14 +308,14 @@ def test_text_split_modes_and_documents_per_file(tmp_path, caplog, split, separa
 
 def test_fortune_separator_from_the_command_line(tmp_path):
     """`data.split=regex data.separator='^%$'` as typed on the command line reaches the splitter intact."""
-    from omegaconf import OmegaConf
+    from hydra.utils import instantiate
 
     from latentlm.config import compose_train
 
     (tmp_path / "fortunes").write_text(FORTUNES, encoding="utf-8")
     cfg = compose_train(["data=text", f"data.files={tmp_path / 'fortunes'}", "data.split=regex",
                          "data.separator='^%$'", "data.val_fraction=0.3"])
-    splits = pipeline.documents(OmegaConf.to_container(cfg.data, resolve=True))
+    splits = instantiate(cfg.data, _convert_="all").source.documents()
     assert list(splits["train"]["text"]) == ["A fortune\non two lines.", "Another one."]
     assert list(splits["val"]["text"]) == ["The last, 100% true."]
 
@@ -329,7 +331,7 @@ def test_fortune_separator_from_the_command_line(tmp_path):
 )
 def test_bad_split_is_refused_before_any_work(tmp_path, text_cfg, change, message):
     with pytest.raises(ConfigError) as err:
-        pipeline.check_source({**text_cfg, **change})
+        replace(text_cfg, **change)
     assert str(err.value).startswith(message)
 
 
@@ -338,7 +340,7 @@ def test_cached_entropy_floor_equals_the_stories_own(tmp_path):
     stories, each counted with its tokens plus the <|endoftext|> after it."""
     from latentlm.data.stories import entropy_floor, generate_stories
 
-    cfg = {"source": "synthetic", "num_stories": 40, "val_stories": 25, "seed": 5}
+    cfg = SyntheticStories(num_stories=40, val_stories=25, seed=5)
     cache = build_cache(tmp_path / "cache", cfg, BPE)
     enc = cache.encoding()
     val = generate_stories(5, pipeline.VAL_INDEX_OFFSET, 25)

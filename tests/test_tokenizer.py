@@ -3,7 +3,7 @@ import tiktoken
 import tiktoken.load  # where get_encoding reads gpt2's files; latentlm itself does not import it
 
 from latentlm.config import ConfigError
-from latentlm.data.tokenizer import EOT, GPT2_URLS, load_encoding, tiktoken_cache_name, train_bpe
+from latentlm.data.tokenizer import BPE, EOT, GPT2_URLS, load_encoding, tiktoken_cache_name, train_bpe
 
 CORPUS = [
     "Once upon a time, a little girl named Lily found a red ball.",
@@ -47,7 +47,7 @@ def test_bpe_compresses_its_corpus(trained):
 
 def test_bpe_vocab_size_minimum_is_bytes_one_merge_and_eot(tmp_path):
     with pytest.raises(ConfigError, match=r"^tokenizer.vocab_size=257 is too small for a byte-level BPE: the minimum"):
-        train_bpe(CORPUS, vocab_size=257, path=tmp_path / "tok")
+        BPE(vocab_size=257)
     train_bpe(CORPUS, vocab_size=258, path=tmp_path / "tok")
     assert load_encoding("bpe", tmp_path / "tok").n_vocab == 258
 

@@ -1,15 +1,17 @@
 """LightningDataModule over the packed token files: fixed-length windows, shuffled for training."""
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
 import torch
+from hydra.utils import get_class
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from latentlm.config import ConfigError
-from latentlm.data.pipeline import TokenCache, build_cache
+from latentlm.data.pipeline import Source, SyntheticStories, TextFiles, TinyStories, TokenCache, build_cache
 
 
 class PackedTokens(Dataset):
@@ -57,8 +59,15 @@ class StepSampler(Sampler[int]):
         return iter(order[start:].tolist())
 
 
-class StoryDataModule(L.LightningDataModule):
-    """Builds (or reuses) the token cache for a data + tokenizer config and serves train/val batches."""
+class TokenDataModule(L.LightningDataModule):
+    """Builds (or reuses) the token cache of a source of documents and a tokenizer, and serves train/val batches.
+
+    A subclass names its source (`Source`, latentlm.data.pipeline); the keyword arguments beyond the loader's are
+    that source's fields, so a data config is flat: data.files, data.num_stories, data.batch_size. `tokenizer` is
+    a tokenizer config (configs/tokenizer/, its class named by `_target_`).
+    """
+
+    Source: ClassVar[type[Source]]
 
     def __init__(
         self,
@@ -72,19 +81,16 @@ class StoryDataModule(L.LightningDataModule):
         **source: Any,
     ):
         super().__init__()
+        self.source = _from_settings(self.Source, source)
+        self.tokenizer = _from_settings(get_class(tokenizer["_target_"]), tokenizer)
+        self.cache_dir = Path(cache_dir)
+        self.seq_len, self.batch_size, self.num_workers, self.num_proc = seq_len, batch_size, num_workers, num_proc
         self.shuffle_seed = shuffle_seed
-        self.cache_dir, self.tokenizer_cfg, self.source_cfg = Path(cache_dir), dict(tokenizer), dict(source)
-        self.seq_len, self.batch_size, self.num_workers, self.num_proc = (
-            seq_len,
-            batch_size,
-            num_workers,
-            num_proc,
-        )
         self.cache: TokenCache | None = None
 
     def prepare_data(self) -> None:
         if self.cache is None:
-            self.cache = build_cache(self.cache_dir, self.source_cfg, self.tokenizer_cfg, self.num_proc)
+            self.cache = build_cache(self.cache_dir, self.source, self.tokenizer, self.num_proc)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
@@ -129,6 +135,32 @@ class StoryDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
+
+
+def _from_settings(cls: type, settings: dict[str, Any]) -> Any:
+    """The dataclass `cls` made from the settings it has: an experiment sizes the data and the tokenizer whichever
+    option they are (experiment=smoke's data.num_stories also reaches data=text, its tokenizer.vocab_size also
+    tokenizer=bytes), and each takes its own."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in settings.items() if k in names})
+
+
+class SyntheticDataModule(TokenDataModule):
+    """Seeded stories with an exact entropy floor: data=synthetic."""
+
+    Source = SyntheticStories
+
+
+class TextDataModule(TokenDataModule):
+    """Your .txt and .jsonl files: data=text."""
+
+    Source = TextFiles
+
+
+class TinyStoriesDataModule(TokenDataModule):
+    """roneneldan/TinyStories: data=tinystories."""
+
+    Source = TinyStories
 
 
 class RandomTokens(L.LightningDataModule):

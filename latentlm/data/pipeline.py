@@ -6,8 +6,8 @@ built in a temporary folder and renamed into place in one step, and meta.json re
 the file sizes, so an interrupted build never leaves a folder that later loads as valid; the next build deletes
 the temporary folders that killed builds left behind.
 
-Sources: `synthetic` (the seeded story generator), `text` (the user's .txt/.jsonl files), `tinystories`
-(roneneldan/TinyStories through `datasets.load_dataset`, from the Hub, the HF cache or a local copy).
+Sources of documents: `SyntheticStories` (the seeded story generator), `TextFiles` (the user's .txt/.jsonl files),
+`TinyStories` (roneneldan/TinyStories through `datasets.load_dataset`, from the Hub, the HF cache or a local copy).
 Story generation and tokenisation are `Dataset.map(batched=True)` calls, in `num_proc` processes for large splits.
 """
 
@@ -25,22 +25,21 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import tiktoken
 
 from latentlm.config import ConfigError
-from latentlm.data.tokenizer import EOT, load_encoding, train_bpe
+from latentlm.data.tokenizer import EOT, Tokenizer, load_encoding
 
 if TYPE_CHECKING:  # imported where documents are read: reusing a cache needs no `datasets` (about 1 s to import)
     import datasets
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
-SOURCES = ("synthetic", "text", "tinystories")
 VAL_INDEX_OFFSET = 1_000_000_000  # synthetic validation stories come from a disjoint index range
 PARALLEL_MIN_DOCS = 20_000  # smaller splits are generated and tokenised in-process: workers cost more than they save
 
@@ -70,98 +69,170 @@ class TokenCache:
         (run_dir / "tokenizer.json").write_text(json.dumps(info))
 
 
-def fingerprint(data_cfg: dict[str, Any], tokenizer_cfg: dict[str, Any]) -> str:
+def fingerprint(source: Source, tokenizer: Tokenizer) -> str:
     """Hash of everything that changes the cached tokens (not batch size, workers or paths of the cache)."""
-    relevant = {k: v for k, v in data_cfg.items() if k in _SOURCE_KEYS[data_cfg["source"]]}
-    if data_cfg["source"] == "synthetic":
-        from latentlm.data import stories
-
-        relevant["generator_version"] = stories.GENERATOR_VERSION
-    if data_cfg["source"] == "text":  # the files' identity: path, size and modification time
-        relevant["file_stats"] = _file_stats(text_files(data_cfg))
-    if data_cfg["source"] == "tinystories" and data_cfg.get("local_path"):
-        _, files = tinystories_files(data_cfg)
-        relevant["file_stats"] = {split: _file_stats(paths) for split, paths in files.items()}
-    blob = json.dumps({"format": CACHE_FORMAT, "data": relevant, "tokenizer": tokenizer_cfg}, sort_keys=True)
+    blob = json.dumps({"format": CACHE_FORMAT, "data": source.identity(), "tokenizer": tokenizer.config()},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_SOURCE_KEYS = {
-    "synthetic": {"source", "num_stories", "val_stories", "seed"},
-    "text": {"source", "files", "split", "separator", "val_fraction"},
-    "tinystories": {"source", "path", "local_path", "num_stories", "val_stories", "separator"},
-}
-
-
 def _file_stats(paths: Iterable[str]) -> list[tuple[str, int, float]]:
+    """The files' identity: path, size and modification time."""
     return [(str(p), os.path.getsize(p), os.path.getmtime(p)) for p in paths]
 
 
-def check_source(data_cfg: dict[str, Any]) -> None:
-    """Raise FileNotFoundError (one line naming the key and value) if the source's files are missing, ConfigError
-    if `text`'s data.split or data.separator cannot split them.
+class Source:
+    """Where documents come from: a data config's own keys (latentlm.data.datamodule names the class). Each checks
+    its values when made, so bad input stops before any work, and gives its splits in `_documents`."""
 
-    For config validation before any work: `data.files` of `text`, `data.local_path` of `tinystories`.
-    """
-    if data_cfg.get("source") == "text":
-        text_files(data_cfg)
-        text_splitter(data_cfg)
-    elif data_cfg.get("source") == "tinystories" and data_cfg.get("local_path"):
-        tinystories_files(data_cfg)
+    name: ClassVar[str]  # the cache folder's prefix
+    unhashed: ClassVar[tuple[str, ...]] = ()  # fields that do not change the documents
+
+    def identity(self) -> dict[str, Any]:
+        """What the documents are, for the cache's fingerprint."""
+        return {"source": self.name, **{k: v for k, v in asdict(self).items() if k not in self.unhashed}}
+
+    def documents(
+        self, num_proc: int | None = None, report: dict[str, Any] | None = None, scratch: Path | None = None
+    ) -> dict[str, datasets.Dataset]:
+        """Train and val documents as Datasets with a `text` column (synthetic ones also carry `logp`).
+
+        `report`, when given, receives "empty_documents_skipped": documents (of text files or TinyStories) that were
+        empty or only whitespace and were left out. Generated stories are kept in Arrow files under `scratch`, if
+        given, else in memory.
+        """
+        report = {} if report is None else report
+        report["empty_documents_skipped"] = 0
+        return self._documents(num_proc, report, scratch)
 
 
-def text_files(data_cfg: dict[str, Any]) -> list[str]:
-    """The sorted files matched by data.files (paths or globs); an error names any pattern matching nothing."""
-    patterns = [data_cfg["files"]] if isinstance(data_cfg["files"], str) else list(data_cfg["files"] or [])
-    if not patterns:
-        raise FileNotFoundError(
-            "data.files is empty; give .txt/.jsonl paths or globs, e.g. data.files='docs/*.txt'"
-        )
-    found = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-        if not matches:
-            raise FileNotFoundError(f"data.files={pattern} matches no file")
-        found += matches
-    return found
+@dataclass(frozen=True)
+class SyntheticStories(Source):
+    """Seeded stories of latentlm.data.stories, each with its exact log-probability."""
+
+    name: ClassVar[str] = "synthetic"
+    num_stories: int
+    val_stories: int
+    seed: int = 0
+
+    def identity(self) -> dict[str, Any]:
+        from latentlm.data import stories
+
+        return super().identity() | {"generator_version": stories.GENERATOR_VERSION}
+
+    def _documents(
+        self, num_proc: int | None, report: dict[str, Any], scratch: Path | None
+    ) -> dict[str, datasets.Dataset]:
+        import datasets
+
+        ranges = {
+            "train": range(self.num_stories),
+            "val": range(VAL_INDEX_OFFSET, VAL_INDEX_OFFSET + self.val_stories),
+        }
+        return {
+            split: datasets.Dataset.from_dict({"index": r}).map(
+                _generate_batch,
+                fn_kwargs={"seed": self.seed},
+                batched=True,
+                remove_columns=["index"],
+                num_proc=_workers(len(r), num_proc),
+                cache_file_name=_arrow_file(scratch, f"{split}-stories"),
+                desc=f"generating {split} stories",
+            )
+            for split, r in ranges.items()
+        }
 
 
 TEXT_SPLITS = ("separator", "regex", "line", "blank_line", "file")
 
 
-def text_splitter(data_cfg: dict[str, Any]) -> Callable[[str], list[str]]:
-    r"""How data=text cuts a .txt file into documents, by data.split (a .jsonl file is one {"text": ...} a line):
+@dataclass(frozen=True)
+class TextFiles(Source):
+    r"""Your .txt and .jsonl files (paths or globs; a .jsonl file is one {"text": ...} a line). `split` cuts a .txt
+    file into documents:
 
-    - separator: at each occurrence of data.separator, taken literally (the default, <|endoftext|>);
-    - regex: at each match of data.separator, a Python regex whose ^ and $ also match at line ends;
+    - separator: at each occurrence of `separator`, taken literally (the default, <|endoftext|>);
+    - regex: at each match of `separator`, a Python regex whose ^ and $ also match at line ends;
     - line: one document a line;
     - blank_line: at each run of empty or whitespace-only lines (paragraphs);
     - file: the whole file is one document.
 
     Hydra hands data.separator over as typed (`\n` stays a backslash and an n), so a separator that spans lines is
     a regex, which reads `\n` itself: `data.split=regex data.separator='^%$'` splits fortune files at each line
-    holding only %.
+    holding only %. The last `val_fraction` of the documents are validation documents.
     """
-    mode, separator = data_cfg.get("split", "separator"), data_cfg.get("separator")
-    if mode not in TEXT_SPLITS:
-        raise ConfigError(f"data.split={mode} is not a text split; choose one of: {', '.join(TEXT_SPLITS)}")
-    if mode in ("separator", "regex") and not separator:
-        raise ConfigError(f"data.separator={separator!r} is empty; data.split={mode} cuts the text at it")
-    if mode == "separator":
-        return lambda text: text.split(separator)
-    if mode == "line":
-        return lambda text: text.split("\n")
-    if mode == "file":
-        return lambda text: [text]
-    if mode == "blank_line":
-        return re.compile(r"\n\s*\n").split
-    try:
-        pattern = re.compile(separator, re.MULTILINE)
-    except re.error as err:
-        raise ConfigError(f"data.separator={separator} is not a valid regex ({err})") from None
-    if pattern.groups:  # re.split would return the groups' text as documents
-        raise ConfigError(f"data.separator={separator} has a capturing group; write (?:...) instead")
-    return pattern.split
+
+    name: ClassVar[str] = "text"
+    files: str | list[str]
+    split: str = "separator"
+    separator: str | None = EOT
+    val_fraction: float = 0.05
+
+    def __post_init__(self):
+        self.paths()
+        self.splitter()
+
+    def identity(self) -> dict[str, Any]:
+        return super().identity() | {"file_stats": _file_stats(self.paths())}
+
+    def paths(self) -> list[str]:
+        """The sorted files matched by data.files; an error names any pattern matching nothing."""
+        patterns = [self.files] if isinstance(self.files, str) else list(self.files or [])
+        if not patterns:
+            raise ConfigError("data.files is empty; give .txt/.jsonl paths or globs, e.g. data.files='docs/*.txt'")
+        found = []
+        for pattern in patterns:
+            matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+            if not matches:
+                raise ConfigError(f"data.files={pattern} matches no file")
+            found += matches
+        return found
+
+    def splitter(self) -> Callable[[str], list[str]]:
+        """How a .txt file is cut into documents, by `split`."""
+        mode, separator = self.split, self.separator
+        if mode not in TEXT_SPLITS:
+            raise ConfigError(f"data.split={mode} is not a text split; choose one of: {', '.join(TEXT_SPLITS)}")
+        if mode in ("separator", "regex") and not separator:
+            raise ConfigError(f"data.separator={separator!r} is empty; data.split={mode} cuts the text at it")
+        if mode == "separator":
+            return lambda text: text.split(separator)
+        if mode == "line":
+            return lambda text: text.split("\n")
+        if mode == "file":
+            return lambda text: [text]
+        if mode == "blank_line":
+            return re.compile(r"\n\s*\n").split
+        try:
+            pattern = re.compile(separator, re.MULTILINE)
+        except re.error as err:
+            raise ConfigError(f"data.separator={separator} is not a valid regex ({err})") from None
+        if pattern.groups:  # re.split would return the groups' text as documents
+            raise ConfigError(f"data.separator={separator} has a capturing group; write (?:...) instead")
+        return pattern.split
+
+    def _documents(
+        self, num_proc: int | None, report: dict[str, Any], scratch: Path | None
+    ) -> dict[str, datasets.Dataset]:
+        import datasets
+
+        texts, split = [], self.splitter()
+        for path in self.paths():
+            docs, skipped = _read_documents(path, split)
+            log.info("%s: %d documents (%d empty skipped)", path, len(docs), skipped)
+            texts += docs
+            report["empty_documents_skipped"] += skipped
+        if len(texts) < 2:
+            raise ConfigError(
+                f"data.files={self.files} gave {len(texts)} non-empty document(s) with data.split={self.split}; "
+                "need at least 2 (training and validation): give more text, or cut it into more documents with "
+                "data.split=line, blank_line or regex"
+            )
+        n_val = max(1, round(len(texts) * self.val_fraction))
+        return {
+            "train": datasets.Dataset.from_dict({"text": texts[:-n_val]}),
+            "val": datasets.Dataset.from_dict({"text": texts[-n_val:]}),
+        }
 
 
 # A local TinyStories copy: the builder for each file format, in order of preference when a folder holds several
@@ -172,52 +243,122 @@ _VAL_NAME = re.compile(_SPLIT_WORD.format("validation|valid|val|dev"), re.IGNORE
 _TEST_NAME = re.compile(_SPLIT_WORD.format("test|testing"), re.IGNORECASE)
 
 
-def tinystories_files(data_cfg: dict[str, Any]) -> tuple[str, dict[str, list[str]]]:
-    """The `datasets` builder and the train / validation files of data.local_path (a folder or one file).
+@dataclass(frozen=True)
+class TinyStories(Source):
+    """roneneldan/TinyStories (`path`) through `datasets.load_dataset`, from the Hub or the HF cache (`hf_cache_dir`),
+    or your own copy of its files (`local_path`); the first `num_stories` training and `val_stories` validation
+    stories (None: all). `separator` separates the stories of .txt files."""
 
-    A folder's files of the preferred format are split by name as on the Hub: "valid", "validation", "val" or
-    "dev" in the name or folder mark validation files, "test" ones are left out, the rest are training files.
-    One file is all training data (validation stories are then taken from its start).
-    """
-    raw = data_cfg.get("local_path")
-    root = Path(os.path.expanduser(str(raw)))
-    if not root.exists():
-        raise FileNotFoundError(
-            f"data.local_path={raw} does not exist; give a folder or file of TinyStories in the dataset's own "
-            "schema (.parquet/.json/.jsonl with a `text` column, or .txt stories separated by <|endoftext|>), "
-            "or data.local_path=null to load data.path with datasets"
-        )
-    if root.is_file():
-        files = [root]
-    else:
-        hidden = lambda p: any(q.startswith(".") for q in p.relative_to(root).parts)  # noqa: E731
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not hidden(p))
-    for suffix, fmt in TINYSTORIES_FORMATS:
-        chosen = [p for p in files if p.name.lower().endswith(suffix)]
-        if chosen:
-            builder = fmt
-            break
-    else:
-        raise FileNotFoundError(
-            f"data.local_path={raw} holds no .parquet, .jsonl, .json or .txt file of TinyStories"
-        )
-    if root.is_file():
-        return builder, {"train": [str(root)], "validation": []}
-    splits: dict[str, list[str]] = {"train": [], "validation": []}
-    for p in chosen:
-        name = p.relative_to(root).with_suffix("").as_posix()
-        if _VAL_NAME.search(name):
-            splits["validation"].append(str(p))
-        elif not _TEST_NAME.search(name):
-            splits["train"].append(str(p))
-    if not splits["train"]:
-        raise FileNotFoundError(f"data.local_path={raw} holds no training file, only {len(chosen)} other(s)")
-    return builder, splits
+    name: ClassVar[str] = "tinystories"
+    unhashed: ClassVar[tuple[str, ...]] = ("hf_cache_dir",)
+    path: str = "roneneldan/TinyStories"
+    local_path: str | None = None
+    separator: str | None = EOT
+    num_stories: int | None = None
+    val_stories: int | None = None
+    hf_cache_dir: str | None = None
+
+    def __post_init__(self):
+        if self.local_path:
+            self.files()
+
+    def identity(self) -> dict[str, Any]:
+        if not self.local_path:
+            return super().identity()
+        stats = {split: _file_stats(paths) for split, paths in self.files()[1].items()}
+        return super().identity() | {"file_stats": stats}
+
+    def files(self) -> tuple[str, dict[str, list[str]]]:
+        """The `datasets` builder and the train / validation files of data.local_path (a folder or one file).
+
+        A folder's files of the preferred format are split by name as on the Hub: "valid", "validation", "val" or
+        "dev" in the name or folder mark validation files, "test" ones are left out, the rest are training files.
+        One file is all training data (validation stories are then taken from its start).
+        """
+        raw = self.local_path
+        root = Path(os.path.expanduser(str(raw)))
+        if not root.exists():
+            raise ConfigError(
+                f"data.local_path={raw} does not exist; give a folder or file of TinyStories in the dataset's own "
+                "schema (.parquet/.json/.jsonl with a `text` column, or .txt stories separated by <|endoftext|>), "
+                "or data.local_path=null to load data.path with datasets"
+            )
+        if root.is_file():
+            files = [root]
+        else:
+            hidden = lambda p: any(q.startswith(".") for q in p.relative_to(root).parts)  # noqa: E731
+            files = sorted(p for p in root.rglob("*") if p.is_file() and not hidden(p))
+        for suffix, fmt in TINYSTORIES_FORMATS:
+            chosen = [p for p in files if p.name.lower().endswith(suffix)]
+            if chosen:
+                builder = fmt
+                break
+        else:
+            raise ConfigError(
+                f"data.local_path={raw} holds no .parquet, .jsonl, .json or .txt file of TinyStories"
+            )
+        if root.is_file():
+            return builder, {"train": [str(root)], "validation": []}
+        splits: dict[str, list[str]] = {"train": [], "validation": []}
+        for p in chosen:
+            name = p.relative_to(root).with_suffix("").as_posix()
+            if _VAL_NAME.search(name):
+                splits["validation"].append(str(p))
+            elif not _TEST_NAME.search(name):
+                splits["train"].append(str(p))
+        if not splits["train"]:
+            raise ConfigError(f"data.local_path={raw} holds no training file, only {len(chosen)} other(s)")
+        return builder, splits
+
+    def _documents(
+        self, num_proc: int | None, report: dict[str, Any], scratch: Path | None
+    ) -> dict[str, datasets.Dataset]:
+        import datasets
+
+        local = self.local_path
+        cache_dir = self.hf_cache_dir
+        lines = False  # .txt files load a line a row (line ends kept): the stories are joined back from them
+        if local:
+            builder, files = self.files()
+            lines = builder == "text"
+            kwargs = {"keep_linebreaks": True} if lines else {}
+            loaded = datasets.load_dataset(
+                builder, data_files={k: v for k, v in files.items() if v}, cache_dir=cache_dir, **kwargs
+            )
+            where = f"data.local_path={local}"
+        else:
+            try:
+                loaded = datasets.load_dataset(self.path, cache_dir=cache_dir)
+            except Exception as err:  # offline and not cached (ConnectionError, FileNotFoundError, hub errors)
+                raise ConfigError(
+                    f"data=tinystories could not load data.path={self.path} from the Hugging Face Hub or its "
+                    f"cache ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Either load it "
+                    "once with network (it is then cached under HF_DATASETS_CACHE; on a machine without network copy "
+                    "that cache over and set HF_DATASETS_OFFLINE=1), or download its files and pass "
+                    "data.local_path=<folder or file of .parquet/.jsonl/.txt>"
+                ) from err
+            where = f"data.path={self.path}"
+        for split, ds in loaded.items():
+            if "text" not in ds.column_names:
+                raise ConfigError(f"{where}: split {split} has columns {ds.column_names}, no `text` column")
+        separator = self.separator or EOT
+        val_cap, train_cap = self.val_stories, self.num_stories
+        train_stream = _stories(loaded["train"], separator, lines, report)
+        if "validation" in loaded:
+            val = list(itertools.islice(_stories(loaded["validation"], separator, lines, report), val_cap))
+        else:  # no validation files: the first val_stories stories are validation, the training stories follow them
+            if not val_cap:
+                raise ConfigError(f"{where} has no validation split; set data.val_stories to take them from train")
+            val = list(itertools.islice(train_stream, val_cap))
+        train = list(itertools.islice(train_stream, train_cap))
+        if not train or not val:
+            raise ConfigError(f"{where}: {len(train)} training and {len(val)} validation stories; need both")
+        return {"train": datasets.Dataset.from_dict({"text": train}), "val": datasets.Dataset.from_dict({"text": val})}
 
 
-def load_cache(cache_dir: Path, data_cfg: dict[str, Any], tokenizer_cfg: dict[str, Any]) -> TokenCache | None:
-    """The cache for this config if it exists and is complete, else None."""
-    path = Path(cache_dir) / f"{data_cfg['source']}-{fingerprint(data_cfg, tokenizer_cfg)}"
+def load_cache(cache_dir: Path, source: Source, tokenizer: Tokenizer) -> TokenCache | None:
+    """The cache of these documents and tokenizer if it exists and is complete, else None."""
+    path = Path(cache_dir) / f"{source.name}-{fingerprint(source, tokenizer)}"
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -231,17 +372,17 @@ def load_cache(cache_dir: Path, data_cfg: dict[str, Any], tokenizer_cfg: dict[st
 
 
 def build_cache(
-    cache_dir: Path, data_cfg: dict[str, Any], tokenizer_cfg: dict[str, Any], num_proc: int | None = None
+    cache_dir: Path, source: Source, tokenizer: Tokenizer, num_proc: int | None = None
 ) -> TokenCache:
-    """Return the cache for this config, building it first if needed.
+    """Return the cache of these documents and tokenizer, building it first if needed.
 
     meta.json also records the empty documents skipped and the seconds each stage of the build took.
     """
-    cached = load_cache(cache_dir, data_cfg, tokenizer_cfg)
+    cached = load_cache(cache_dir, source, tokenizer)
     if cached is not None:
         return cached
-    fp = fingerprint(data_cfg, tokenizer_cfg)
-    final = Path(cache_dir) / f"{data_cfg['source']}-{fp}"
+    fp = fingerprint(source, tokenizer)
+    final = Path(cache_dir) / f"{source.name}-{fp}"
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     lock = _lock_and_clean(Path(cache_dir))
     tmp.mkdir()
@@ -251,26 +392,19 @@ def build_cache(
         started = clock = time.perf_counter()
         report: dict[str, Any] = {}
         scratch = tmp / "arrow"  # Dataset.map's files, deleted before the folder is renamed into place
-        splits = documents(data_cfg, num_proc, report, scratch)
+        splits = source.documents(num_proc, report, scratch)
         seconds["documents"], clock = time.perf_counter() - clock, time.perf_counter()
         if report.get("empty_documents_skipped"):
             log.info("skipped %d empty documents", report["empty_documents_skipped"])
-        kind = tokenizer_cfg["kind"]
-        if kind == "bpe":
-            n_train = min(tokenizer_cfg.get("train_documents") or len(splits["train"]), len(splits["train"]))
-            train_bpe(
-                splits["train"].select(range(n_train))["text"],
-                tokenizer_cfg["vocab_size"],
-                tmp / "tokenizer.tiktoken",
-            )
-        enc = load_encoding(kind, tmp / "tokenizer.tiktoken")
+        tokenizer.train(splits["train"], tmp / "tokenizer.tiktoken")
+        enc = load_encoding(tokenizer.kind, tmp / "tokenizer.tiktoken")
         seconds["tokenizer"], clock = time.perf_counter() - clock, time.perf_counter()
         dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
         meta: dict[str, Any] = {
             "fingerprint": fp,
             "format": CACHE_FORMAT,
-            "data": data_cfg,
-            "tokenizer": tokenizer_cfg,
+            "data": source.identity(),
+            "tokenizer": tokenizer.config(),
             "vocab_size": enc.n_vocab,
             "eot_id": enc.eot_token,
             "dtype": np.dtype(dtype).name,
@@ -284,7 +418,7 @@ def build_cache(
         seconds["total"] = time.perf_counter() - started
         meta["build_seconds"] = seconds
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if final.exists() and load_cache(cache_dir, data_cfg, tokenizer_cfg) is None:
+        if final.exists() and load_cache(cache_dir, source, tokenizer) is None:
             shutil.rmtree(final)  # a damaged cache (e.g. a truncated file): replace it
         try:
             os.rename(tmp, final)  # atomic: the folder appears complete or not at all
@@ -295,7 +429,7 @@ def build_cache(
         raise
     finally:
         os.close(lock)  # releases the build's shared lock
-    return load_cache(cache_dir, data_cfg, tokenizer_cfg)
+    return load_cache(cache_dir, source, tokenizer)
 
 
 def _lock_and_clean(cache_dir: Path) -> int:
@@ -318,65 +452,6 @@ def _lock_and_clean(cache_dir: Path) -> int:
             shutil.rmtree(leftover, ignore_errors=True)
     fcntl.flock(lock, fcntl.LOCK_SH)  # turns an exclusive lock into a shared one: builds run side by side
     return lock
-
-
-def documents(
-    data_cfg: dict[str, Any],
-    num_proc: int | None = None,
-    report: dict[str, Any] | None = None,
-    scratch: Path | None = None,
-) -> dict[str, datasets.Dataset]:
-    """Train and val documents as Datasets with a `text` column (synthetic ones also carry `logp`).
-
-    `report`, when given, receives "empty_documents_skipped": documents (of text files or TinyStories) that were
-    empty or only whitespace and were left out. Generated stories are kept in Arrow files under `scratch`, if
-    given, else in memory.
-    """
-    import datasets
-
-    report = {} if report is None else report
-    report["empty_documents_skipped"] = 0
-    source = data_cfg["source"]
-    if source == "synthetic":
-        ranges = {
-            "train": range(data_cfg["num_stories"]),
-            "val": range(VAL_INDEX_OFFSET, VAL_INDEX_OFFSET + data_cfg["val_stories"]),
-        }
-        return {
-            split: datasets.Dataset.from_dict({"index": r}).map(
-                _generate_batch,
-                fn_kwargs={"seed": data_cfg["seed"]},
-                batched=True,
-                remove_columns=["index"],
-                num_proc=_workers(len(r), num_proc),
-                cache_file_name=_arrow_file(scratch, f"{split}-stories"),
-                desc=f"generating {split} stories",
-            )
-            for split, r in ranges.items()
-        }
-    if source == "text":
-        texts, empty = [], 0
-        split = text_splitter(data_cfg)
-        for path in text_files(data_cfg):
-            docs, skipped = _read_documents(path, split)
-            log.info("%s: %d documents (%d empty skipped)", path, len(docs), skipped)
-            texts += docs
-            empty += skipped
-        report["empty_documents_skipped"] = empty
-        n_val = max(1, round(len(texts) * data_cfg["val_fraction"]))
-        if len(texts) < 2:
-            raise ConfigError(
-                f"data.files={data_cfg['files']} gave {len(texts)} non-empty document(s) with "
-                f"data.split={data_cfg.get('split', 'separator')}; need at least 2 (training and validation): "
-                "give more text, or cut it into more documents with data.split=line, blank_line or regex"
-            )
-        return {
-            "train": datasets.Dataset.from_dict({"text": texts[:-n_val]}),
-            "val": datasets.Dataset.from_dict({"text": texts[-n_val:]}),
-        }
-    if source == "tinystories":
-        return _tinystories(data_cfg, report)
-    raise ValueError(f"data.source={source!r} is unknown; choose one of: {', '.join(SOURCES)}")
 
 
 def _read_documents(path: str, split: Callable[[str], list[str]]) -> tuple[list[str], int]:
@@ -405,51 +480,6 @@ def _jsonl_text(line: str, path: str) -> str:
     if not isinstance(text, str):
         raise ConfigError(f'data.files: {path} has a line that is not {{"text": "..."}}: {line.strip()[:60]}')
     return text
-
-
-def _tinystories(data_cfg: dict[str, Any], report: dict[str, Any]) -> dict[str, datasets.Dataset]:
-    """TinyStories' train and validation stories, capped at data.num_stories and data.val_stories."""
-    import datasets
-
-    local = data_cfg.get("local_path")
-    cache_dir = data_cfg.get("hf_cache_dir")
-    lines = False  # .txt files load a line a row (line ends kept): the stories are joined back from them
-    if local:
-        builder, files = tinystories_files(data_cfg)
-        lines = builder == "text"
-        kwargs = {"keep_linebreaks": True} if lines else {}
-        loaded = datasets.load_dataset(
-            builder, data_files={k: v for k, v in files.items() if v}, cache_dir=cache_dir, **kwargs
-        )
-        where = f"data.local_path={local}"
-    else:
-        try:
-            loaded = datasets.load_dataset(data_cfg["path"], cache_dir=cache_dir)
-        except Exception as err:  # offline and not cached (ConnectionError, FileNotFoundError, hub errors)
-            raise ConfigError(
-                f"data=tinystories could not load data.path={data_cfg['path']} from the Hugging Face Hub or its "
-                f"cache ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Either load it once "
-                "with network (it is then cached under HF_DATASETS_CACHE; on a machine without network copy that "
-                "cache over and set HF_DATASETS_OFFLINE=1), or download its files and pass "
-                "data.local_path=<folder or file of .parquet/.jsonl/.txt>"
-            ) from err
-        where = f"data.path={data_cfg['path']}"
-    for split, ds in loaded.items():
-        if "text" not in ds.column_names:
-            raise ConfigError(f"{where}: split {split} has columns {ds.column_names}, no `text` column")
-    separator = data_cfg.get("separator") or "<|endoftext|>"
-    val_cap, train_cap = data_cfg.get("val_stories"), data_cfg.get("num_stories")
-    train_stream = _stories(loaded["train"], separator, lines, report)
-    if "validation" in loaded:
-        val = list(itertools.islice(_stories(loaded["validation"], separator, lines, report), val_cap))
-    else:  # no validation files: the first val_stories stories are validation, the training stories follow them
-        if not val_cap:
-            raise ConfigError(f"{where} has no validation split; set data.val_stories to take them from train")
-        val = list(itertools.islice(train_stream, val_cap))
-    train = list(itertools.islice(train_stream, train_cap))
-    if not train or not val:
-        raise ConfigError(f"{where}: {len(train)} training and {len(val)} validation stories; need both")
-    return {"train": datasets.Dataset.from_dict({"text": train}), "val": datasets.Dataset.from_dict({"text": val})}
 
 
 def _stories(ds: datasets.Dataset, separator: str, lines: bool, report: dict[str, Any]) -> Iterator[str]:
