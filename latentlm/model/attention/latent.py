@@ -53,6 +53,7 @@ Names against DeepSeek-V3's code: `wqkv_a` packs [wq (or wq_a) | wkv_a], where o
 blocks are `n_branches` = 4 here; GLA's number of latent heads g is `n_groups`.
 """
 
+import copy
 import math
 
 import torch
@@ -162,6 +163,46 @@ class LatentAttention(Attention):
         # latent blocks split across devices, the rotary key replicated; with more devices than blocks each device
         # holds one block (and a share of its heads): MLA (one block) caches all of it on each
         return self.n_latents * self.block_dim * -(-self.n_blocks // tp) + self.rope_dim
+
+    def shard(self, blocks: list[int], heads: range, n_branches: int, n_groups: int) -> "LatentAttention":
+        """A copy of this layer narrowed to one tensor-parallel device: the latent `blocks` (global indices, in the
+        shard's own block order branch * n_groups + group, `n_branches` x `n_groups` of them) and the query
+        `heads` they serve, a contiguous range. It keeps the rows of wqkv_a that make its queries (the query latent
+        whole, with q_rank), its blocks of each latent and the rotary key; its blocks' norms and up-projections
+        (the rows of its heads); the W_o columns and gate rows of its heads; and the model's branch scale. Its
+        output, already through W_o, is this device's part of the layer's: summed over the devices (one
+        all-reduce, latentlm.model.tensor_parallel) it is the layer's output. Its cache holds its blocks and the
+        rotary key."""
+        H, nb, hd, c = len(heads), len(blocks), self.head_dim, self.block_dim
+        if n_branches * n_groups != nb or H % n_groups:
+            raise ValueError(f"a shard of {nb} blocks in {n_branches} x {n_groups} serving {H} heads is not a layout")
+        shard = copy.deepcopy(self)
+        shard.n_head, shard.n_branches, shard.n_groups, shard.n_blocks = H, n_branches, n_groups, nb
+        shard.group_heads, shard.latent_dim = H // n_groups, nb * c
+        qk, r = self.qk_dim, self.latent_dim
+        w_q, w_latents, w_kr = self.wqkv_a.weight.split([self.q_in_dim, self.n_latents * r, self.rope_dim])
+        if self.wq_b is None:  # queries straight from x: the rows of its heads
+            w_q = w_q[heads.start * qk : heads.stop * qk]
+        else:  # the query latent is shared by every head: kept whole; wq_b keeps the rows of its heads
+            shard.wq_b = bias_free_linear(self.wq_b.weight[heads.start * qk : heads.stop * qk])
+        shard.q_in_dim = w_q.size(0)
+        rows = [w_latents[(i * self.n_blocks + b) * c : (i * self.n_blocks + b + 1) * c]
+                for i in range(self.n_latents) for b in blocks]  # [c_v blocks | c_k blocks] when split
+        shard.wqkv_a = bias_free_linear(torch.cat((w_q, *rows, w_kr)))
+        norms = [i * self.n_blocks + b for i in range(self.n_latents) for b in blocks]
+        shard.kv_norm_weight = nn.Parameter(self.kv_norm_weight[norms].detach().clone())
+        w_up = self.wkv_b.view(self.n_blocks, self.group_heads, self.nope_dim + hd, c)
+        up = []
+        for i, b in enumerate(blocks):  # the heads the shard's group (i % n_groups) asks of block b
+            first = heads.start + (i % n_groups) * shard.group_heads - (b % self.n_groups) * self.group_heads
+            if not 0 <= first <= self.group_heads - shard.group_heads:
+                raise ValueError(f"block {b} does not serve heads {first}.. of the shard's group {i % n_groups}")
+            up.append(w_up[b, first : first + shard.group_heads])
+        shard.wkv_b = nn.Parameter(torch.stack(up).reshape(nb, -1, c).detach().clone())
+        shard.wo = bias_free_linear(self.wo.weight[:, heads.start * hd : heads.stop * hd])
+        if self.wg is not None:
+            shard.wg = bias_free_linear(self.wg.weight[heads.start * hd : heads.stop * hd])
+        return shard
 
     def forward(self, x: Tensor, cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
         B, T, _ = x.shape
@@ -275,3 +316,10 @@ class LatentAttention(Attention):
             position = torch.arange(T, device=kv.device).repeat_interleave(TH // T) + (S - T)
             mask = torch.arange(S, device=kv.device) <= position[:, None]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+
+
+def bias_free_linear(weight: Tensor) -> nn.Linear:
+    """A bias-free nn.Linear holding a copy of `weight` (out_features, in_features)."""
+    layer = nn.Linear(weight.size(1), weight.size(0), bias=False, device="meta")
+    layer.weight = nn.Parameter(weight.detach().clone())
+    return layer
