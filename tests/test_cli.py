@@ -107,6 +107,7 @@ def test_every_attention_variant_trains_through_the_cli(data_root, tmp_path):
         "experiment=smoke",
         f"attention={','.join(variants)}",
         "rank=0.5",
+        "model.n_head=4",  # GLA-4 needs 4 head groups (the smoke model has 2 heads)
         f"hydra.sweep.dir={sweep}",
         root=data_root,
         timeout=900,
