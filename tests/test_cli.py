@@ -39,7 +39,7 @@ def test_run_writes_summary_and_loss_falls(smoke_run):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["attention=foo"], "attention=foo is not a known attention; choose one of: gqa, mha,"),
+        (["attention=foo"], "attention=foo is not a known attention; choose one of: gla2, gla4, gqa,"),
         (["-m", "model=tiny,huge"], "model=huge is not a known model; choose one of: 30m, tiny"),
         (["rank=1.5"], "rank=1.5 is outside (0, 1]"),
         (["rank=0"], "rank=0 is outside (0, 1]"),
