@@ -122,43 +122,25 @@ def check_cli_keys(argv: list[str]) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check the values that would otherwise fail deep inside training, before any work starts.
 
-    The data's and the tokenizer's values are checked by their constructors, and the model's options by its own
-    (train.py builds both before any work). The head and block divisibility below is still checked here as well:
-    the attention constructors' messages do not name the config keys yet."""
+    The model's, the data's and the tokenizer's own values are checked by their constructors (train.py builds them
+    before any work, and a constructor's ValueError is the one-line error); `rank` is checked here because most
+    attention variants never see it."""
     numbers = (("seed", int), ("rank", float), ("optimizer.lr", float), ("trainer.max_steps", int),
                ("judge.samples", int), ("judge.temperature", float))
     for key, kind in numbers:
         _check_number(cfg, key, kind)
     if not 0 < cfg.rank <= 1:
         raise ConfigError(f"rank={cfg.rank} is outside (0, 1]; the latent dim is rank x d_model")
-    m, att = cfg.model, cfg.attention
-    if m.d_model % m.n_head:
-        raise ConfigError(
-            f"model.n_head={m.n_head} does not divide model.d_model={m.d_model}; "
-            f"choose n_head in {{{', '.join(str(h) for h in _divisors(m.d_model))}}}"
-        )
-    if att.get("n_kv_heads") is not None and (att.n_kv_heads < 1 or m.n_head % att.n_kv_heads):
-        raise ConfigError(
-            f"attention.n_kv_heads={att.n_kv_heads} does not divide model.n_head={m.n_head}; "
-            f"choose one of {{{', '.join(str(h) for h in _divisors(m.n_head))}}}"
-        )
-    if "rank" in att:
-        latent = round(cfg.rank * m.d_model)
-        if att.get("n_blocks", 1) < 1 or latent % att.get("n_blocks", 1):
-            raise ConfigError(
-                f"attention.n_blocks={att.n_blocks} does not divide the latent dim "
-                f"{latent} (rank={cfg.rank} x d_model={m.d_model})"
-            )
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(
             f"ckpt_path={cfg.ckpt_path} is not a file; give a checkpoint such as <run>/checkpoints/last.ckpt"
         )
     if not isinstance(cfg.data.batch_size, int) or cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a whole number of sequences, at least 1")
-    if cfg.data.seq_len > m.block_size:
+    if cfg.data.seq_len > cfg.model.block_size:
         raise ConfigError(
             f"data.seq_len={cfg.data.seq_len} is longer than the context "
-            f"model.block_size={m.block_size}; use data.seq_len <= {m.block_size}"
+            f"model.block_size={cfg.model.block_size}; use data.seq_len <= {cfg.model.block_size}"
         )
     if OmegaConf.is_missing(cfg.data, "files"):
         raise ConfigError("data.files is required with data=text: give files or globs, e.g. data.files='my/*.txt'")
@@ -169,10 +151,6 @@ def _check_number(cfg: DictConfig, key: str, kind: type) -> None:
     allowed = (int, float) if kind is float else (int,)
     if isinstance(value, bool) or not isinstance(value, allowed):
         raise ConfigError(f"{key}={value} is not {'a number' if kind is float else 'an integer'}")
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def fail(err: Exception) -> None:

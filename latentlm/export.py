@@ -11,7 +11,7 @@ so its logits match latentlm's to float rounding (tests/test_export.py):
     llama + mha_rope / gqa / mqa      -> LlamaForCausalLM
     llama + mla_rope (one joint latent, no gate) -> DeepseekV3ForCausalLM (dense, no MoE)
 
-Any other pair (MLA with learned positions, split latents, MLRA, gated, gpt2 blocks with MLA) has no class that
+Any other pair (MLA with learned positions, split latents, MLRA, GLA, gated, gpt2 blocks with MLA) has no class that
 computes it exactly and is refused. The folder holds config.json, model.safetensors (float32, the vocab padding rows
 dropped), generation_config.json, and the tokenizer: tokenizer.json, a byte-level BPE with the merges derived from
 the tiktoken ranks, and tokenizer_config.json. docs/export.md says what serves each class in vLLM.
@@ -41,7 +41,7 @@ from latentlm.model.attention.latent import LatentAttention
 
 SUPPORTED = (
     "block=gpt2 with attention mha (learned positions), block=gpt2 or llama with mha_rope/gqa/mqa, "
-    "block=llama with mla_rope (one joint latent, one block, no gate)"
+    "block=llama with mla_rope (one joint latent in one block, n_branches = n_groups = 1, no gate)"
 )
 
 
@@ -55,7 +55,8 @@ def architecture(model: GPT) -> str:
         elif attn.rotary is not None and model.wpe is None:
             arch = {"gpt2": "Starcoder2ForCausalLM", "llama": "LlamaForCausalLM"}[model.block]
     elif isinstance(attn, LatentAttention):
-        deepseek = attn.kv_latent == "joint" and attn.n_blocks == 1 and attn.wg is None and attn.rotary is not None
+        one_block = attn.n_branches == attn.n_groups == 1  # MLRA's branches and GLA's groups have no HF class
+        deepseek = attn.kv_latent == "joint" and one_block and attn.wg is None and attn.rotary is not None
         if deepseek and model.wpe is None and model.block == "llama":
             arch = "DeepseekV3ForCausalLM"
     if arch is None:

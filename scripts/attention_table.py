@@ -44,8 +44,10 @@ def main() -> None:
                 r = attn.latent_dim
                 latents = f"latent {r}" if attn.kv_latent == "joint" else f"c_k {r} + c_v {r}"
                 what = f"{latents} + rotary key {attn.rope_dim}"
-                if attn.n_blocks > 1:
-                    what += f" ({attn.n_blocks} blocks of {attn.block_dim})"
+                if attn.n_groups > 1:
+                    what += f" ({attn.n_branches} x {attn.n_groups} blocks of {attn.block_dim}, branches x groups)"
+                elif attn.n_branches > 1:
+                    what += f" ({attn.n_branches} blocks of {attn.block_dim})"
             elements = attn.kv_cache_elements()
             print(f"| {name} | {rank if latent else '-'} | {what} | {elements} | {2 * net.kv_cache_elements():,} | "
                   f"{elements / per_layer_mha - 1:+.1%} | {sum(p.numel() for p in attn.parameters()):,} | "

@@ -141,6 +141,61 @@ def reference_tpa(x: Tensor, w: dict[str, Tensor], n_head: int) -> Tensor:
     return torch.cat(outs, dim=-1) @ w["w_o"].T
 
 
+def grouped_latent_heads(x: Tensor, w: dict[str, Tensor], branch: list[int], latent_scale: bool) -> list[Tensor]:
+    """One GLA attention (arXiv 2505.21487, as the MLRA paper trains it): the per-head outputs o_i, read from the
+    latent blocks `branch` = [b_0, ..., b_{g-1}], block b_gamma serving head group gamma:
+
+        [c^(0) ... c^(n-1) | k~R] = W_dkv x,  c^(b) <- RMSNorm_b(c^(b)) [x sqrt(d / block width)],  k^R = RoPE(W_kr x)
+        head i is in group gamma = floor(i g / H), its block b = b_gamma and its index in the group j = i - gamma H / g:
+        k_i = [W_uk^(b, j) c^(b) ; k^R],   v_i = W_uv^(b, j) c^(b)
+        o_i = softmax(q_i . k_i / sqrt(d_h + d_r)) v_i
+
+    w_uk is (n_blocks, H / g, d_h, block width): per block, the up-projection of the heads it serves.
+    """
+    d = x.size(-1)
+    _, heads_per_block, hd, width = w["w_uk"].shape
+    n_head, g = w["w_uq"].size(0), len(branch)
+    assert heads_per_block * g == n_head
+    rope_dim = w["w_kr"].size(0)
+    gain = math.sqrt(d / width) if latent_scale else 1.0
+    s = x if "w_dq" not in w else rms_norm(x @ w["w_dq"].T, w["q_norm"]) * (
+        math.sqrt(d / w["w_dq"].size(0)) if latent_scale else 1.0)
+    c = x @ w["w_dkv"].T
+    k_pe = rotary(x @ w["w_kr"].T)  # one rotary key, shared by every head and every group
+    outs = []
+    for i in range(n_head):
+        gamma = i * g // n_head
+        b, j = branch[gamma], i - gamma * heads_per_block
+        c_b = rms_norm(c[..., b * width : (b + 1) * width], w["kv_norm"][b]) * gain
+        q = torch.cat((s @ w["w_uq"][i].T, rotary(s @ w["w_qr"][i].T)), dim=-1)
+        k = torch.cat((c_b @ w["w_uk"][b, j].T, k_pe), dim=-1)
+        outs.append(attend(q, k, c_b @ w["w_uv"][b, j].T, 1 / math.sqrt(hd + rope_dim)))
+    return outs
+
+
+def output_projection(x: Tensor, o: Tensor, w: dict[str, Tensor]) -> Tensor:
+    """u = W_o o, times sigmoid(W_g x) first when gated."""
+    if "w_g" in w:
+        o = o * torch.sigmoid(x @ w["w_g"].T)
+    return o @ w["w_o"].T
+
+
+def reference_gla(x: Tensor, w: dict[str, Tensor], latent_scale: bool) -> Tensor:
+    """GLA-g: the latent in g blocks, block gamma serving head group gamma; y = W_o [o_0; ...; o_{H-1}]."""
+    g = w["w_uk"].size(0)
+    return output_projection(x, torch.cat(grouped_latent_heads(x, w, list(range(g)), latent_scale), dim=-1), w)
+
+
+def reference_mlra2(x: Tensor, w: dict[str, Tensor], latent_scale: bool) -> Tensor:
+    """MLRA-2 (arXiv 2603.02188): 4 latent blocks; branch A is GLA-2 over blocks 0 and 1, branch B over blocks 2 and
+    3, both with the same queries and rotary key; y = W_o [(o^A_i + o^B_i) / sqrt(2)]."""
+    assert w["w_uk"].size(0) == 4
+    branch_a = grouped_latent_heads(x, w, [0, 1], latent_scale)
+    branch_b = grouped_latent_heads(x, w, [2, 3], latent_scale)
+    o = torch.cat([(a + b) / math.sqrt(2) for a, b in zip(branch_a, branch_b, strict=True)], dim=-1)
+    return output_projection(x, o, w)
+
+
 # How latentlm packs its parameters: the only place the references meet the modules.
 
 
@@ -154,7 +209,7 @@ def latent_weights(
     attn: torch.nn.Module, n_head: int, hd: int, rope_dim: int, latent: int, q_latent: int | None, n_blocks: int
 ) -> dict[str, Tensor]:
     """wqkv_a stacks [queries (or W_dq); W_dkv; W_kr]; queries are per head [W_uq^i; W_qr^i]; wkv_b holds, per
-    block and head, [W_uk^{b,i}; W_uv^{b,i}]."""
+    block and each head it serves (all H, or the H / n_groups of its group), [W_uk^{b,i}; W_uv^{b,i}]."""
     q_rows = n_head * (hd + rope_dim) if q_latent is None else q_latent
     w_queries, w_dkv, w_kr = attn.wqkv_a.weight.split([q_rows, latent, rope_dim])
     w = {"w_dkv": w_dkv, "w_kr": w_kr, "kv_norm": attn.kv_norm_weight, "w_o": attn.wo.weight}
@@ -162,7 +217,7 @@ def latent_weights(
         w.update(w_dq=w_queries, q_norm=attn.q_norm.weight)
         w_queries = attn.wq_b.weight
     w["w_uq"], w["w_qr"] = w_queries.view(n_head, hd + rope_dim, -1).split([hd, rope_dim], dim=1)
-    w["w_uk"], w["w_uv"] = attn.wkv_b.view(n_blocks, n_head, 2 * hd, latent // n_blocks).split(hd, dim=2)
+    w["w_uk"], w["w_uv"] = attn.wkv_b.view(n_blocks, -1, 2 * hd, latent // n_blocks).split(hd, dim=2)
     if attn.wg is not None:
         w["w_g"] = attn.wg.weight
     return w

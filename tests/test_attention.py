@@ -95,7 +95,9 @@ def test_absorbed_equals_naive(name, rank, block):
         ({"rank": 1.0}, 73),  # c = 512: T < 512 * 64 / 448 = 73.1
         ({"rank": 0.25}, 127),  # c = 128: T < 128 * 64 / 64 = 128
         ({"rope_in_head": True}, 59),  # d_nope = 32: T (2c - 32 - 64) < c (32 + 64): T < 59.1
-        ({"n_blocks": 4}, 512),  # MLRA-4: c = 64 = d_h, absorbed never costs more: any chunk up to the context
+        ({"n_branches": 4}, 512),  # MLRA-4: c = 64 = d_h, absorbed never costs more: any chunk up to the context
+        ({"n_groups": 2}, 127),  # GLA-2: c = 128: T < 128 * 128 / 128 = 128
+        ({"n_branches": 2, "n_groups": 2}, 512),  # MLRA-2: c = 64, as MLRA-4
     ],
 )
 def test_absorb_max_tokens_defaults_to_the_flop_crossover(options, expected):
@@ -167,9 +169,12 @@ def test_gqa_matches_reference(name, n_kv_heads):
     assert_matches_reference(attn, lambda x: reference_gqa(x, w, H, n_kv_heads, cfg["rope"]))
 
 
-# DeepSeek's equations have one joint latent; split K and V latents meet their own reference in test_latent_layouts.
+# DeepSeek's equations have one joint latent whose blocks serve every head; split K and V latents meet their own
+# reference in test_latent_layouts, head groups (GLA, MLRA-2) theirs in test_latent_family.
 @pytest.mark.parametrize(
-    "name", [n for n in VARIANTS if "rank" in attention_cfg(n) and attention_cfg(n)["kv_latent"] == "joint"]
+    "name",
+    [n for n in VARIANTS if "rank" in attention_cfg(n) and attention_cfg(n)["kv_latent"] == "joint"
+     and attention_cfg(n)["n_groups"] == 1],
 )
 @pytest.mark.parametrize(
     "extra", [{}, {"q_rank": 0.25}, {"latent_scale": False}], ids=["q_from_x", "q_rank", "no_latent_scale"]
@@ -181,8 +186,8 @@ def test_latent_matches_deepseek_reference(name, extra, absorb):
     hd = D // H
     rope_dim = hd // 2 if cfg["rope_dim"] is None else cfg["rope_dim"]
     q_latent = None if cfg["q_rank"] is None else round(cfg["q_rank"] * D)
-    w = latent_weights(attn, H, hd, rope_dim, round(cfg["rank"] * D), q_latent, cfg["n_blocks"])
-    assert w["w_uk"].shape[0] == cfg["n_blocks"] and ("w_g" in w) == cfg["gated"]
+    w = latent_weights(attn, H, hd, rope_dim, round(cfg["rank"] * D), q_latent, cfg["n_branches"])
+    assert w["w_uk"].shape[:2] == (cfg["n_branches"], H) and ("w_g" in w) == cfg["gated"]
     assert_matches_reference(attn, lambda x: reference_latent(x, w, cfg["latent_scale"]))
 
 
@@ -200,6 +205,9 @@ def expected_cache(name: str, rank: float, d: int = D, h: int = H) -> int:
         "mla_rope_split": 2 * latent + hd // 2,
         "mlra": latent + hd // 2,
         "mlra_gated": latent + hd // 2,
+        "gla2": latent + hd // 2,  # 2 blocks of r / 2
+        "gla4": latent + hd // 2,  # 4 blocks of r / 4
+        "mlra2": latent + hd // 2,  # 2 branches x 2 groups: 4 blocks of r / 4
         "gta": 2 * hd + hd // 2,  # 2 tied states + the shared rotary key
         "mfa": 2 * 2 * hd,  # k and v of one head of width C = 2 d_h
         "tpa": (2 + 2) * (h + hd),  # A^K, B^K, A^V, B^V at R_K = R_V = 2
@@ -261,6 +269,9 @@ PER_DEVICE_30M = {
     "mla_rope_split": (544, 544, 544),
     "mlra": (288, 160, 96),  # 4 blocks of 64 + the rotary key
     "mlra_gated": (288, 160, 96),
+    "gla2": (288, 160, 160),  # 2 blocks of 128: TP-4 replicates each on 2 devices, which split its 4 heads
+    "gla4": (288, 160, 96),
+    "mlra2": (288, 160, 96),  # TP-2: a head group's 2 blocks (one a branch) a device
     "gta": (160, 96, 96),  # 2 tied states of 64 split, the rotary key of 32 replicated
     "mfa": (256, 256, 256),  # the one K/V head (C = 128) replicated
     "tpa": (288, 272, 264),  # (R_K + R_V)(H / tp + d_h): head factors split, dim factors replicated
@@ -294,6 +305,7 @@ def expected_attention_params(name: str, rank: float, d: int = D, h: int = H) ->
     r, rope = round(rank * d), hd // 2
     gqa = lambda kv: d * d + d * 2 * kv * hd + d * d  # noqa: E731  q, kv, out
     latent = d * h * (hd + rope) + d * (r + rope) + r + h * 2 * hd * r + h * hd * d  # q, kv_a, norm, kv_b, o
+    grouped = lambda g: latent - h * 2 * hd * r + h // g * 2 * hd * r  # noqa: E731  a block up-projects H/g heads
     return {
         "mha": gqa(h),
         "mha_rope": gqa(h),
@@ -304,6 +316,9 @@ def expected_attention_params(name: str, rank: float, d: int = D, h: int = H) ->
         "mla_rope_split": latent + d * r + r,  # a second down-projection and RMSNorm, for c_v
         "mlra": latent,
         "mlra_gated": latent + d * h * hd,
+        "gla2": grouped(2),
+        "gla4": grouped(4),
+        "mlra2": grouped(2),
         "gta": d * d + d * (2 * hd + rope) + d * d,  # q, [u of 2 groups ; k_pe], out
         # [W_qa; W_k; W_v] (query latent 0.625 d, C = 2 d_h), the query norm, W_qb to H heads of C, out from H C
         "mfa": d * (round(0.625 * d) + 2 * 2 * hd) + round(0.625 * d) + round(0.625 * d) * 2 * d + 2 * d * d,

@@ -62,3 +62,18 @@ def test_bench_decode_on_a_cpu_is_cpu_sized_and_writes_into_logs(tmp_path):
     assert result["model"] == "tiny" and len(result["rows"]) == 2 * 2 * 2  # variants x contexts x batches
     assert (run / "decode_tokens_per_s.png").is_file() and (run / "decode_cache_bytes.png").is_file()
     assert "No artists" not in proc.stderr  # the tokens/s plot is drawn at a batch that was measured
+
+
+def test_bench_tp_decode_on_a_cpu_is_a_gloo_smoke_into_logs(tmp_path):
+    """Two spawned gloo processes; each row's per-device cache bytes, measured from the rank's real cache, are the
+    formula's (GLA-2 at TP-2 caches one of its two blocks)."""
+    run_script("bench_tp_decode.py", "--variants", "mla_rope,gla2,gqa", "--contexts", "16,32", "--iters", "2",
+               cwd=tmp_path)
+    result = json.loads((only_run(tmp_path, "tp_decode") / "bench_tp_decode.json").read_text())
+    assert result["tp"] == 2 and result["device"] == "cpu" and len(result["rows"]) == 3 * 2 * 2
+    for row in result["rows"]:
+        assert row["measured_cache_bytes_per_token_per_device"] == row["cache_bytes_per_token_per_device"]
+        assert row["tokens_per_s"] > 0
+    tiny_rope, tiny_latent = 32 // 2, 128 // 2  # model=tiny: d_model 128, 4 heads of 32; rank 0.5
+    per_device = {r["variant"]: r["cache_elements_per_device"] for r in result["rows"]}
+    assert per_device == {"mla_rope": tiny_latent + tiny_rope, "gla2": tiny_latent // 2 + tiny_rope, "gqa": 2 * 32}

@@ -29,6 +29,9 @@ EXPECTED = {  # variant: (decayed per layer, not decayed per layer, not decayed 
     "mla_rope_split": (LATENT_DECAYED, LATENT_PLAIN, ["wte.weight", "ln_f.weight", "ln_f.bias"]),
     "mlra": (LATENT_DECAYED, LATENT_PLAIN, ["wte.weight", "ln_f.weight", "ln_f.bias"]),
     "mlra_gated": ([*LATENT_DECAYED, "attn.wg.weight"], LATENT_PLAIN, ["wte.weight", "ln_f.weight", "ln_f.bias"]),
+    "gla2": (LATENT_DECAYED, LATENT_PLAIN, ["wte.weight", "ln_f.weight", "ln_f.bias"]),
+    "gla4": (LATENT_DECAYED, LATENT_PLAIN, ["wte.weight", "ln_f.weight", "ln_f.bias"]),
+    "mlra2": (LATENT_DECAYED, LATENT_PLAIN, ["wte.weight", "ln_f.weight", "ln_f.bias"]),
     "gta": (GQA_DECAYED, NORMS, ["wte.weight", "ln_f.weight", "ln_f.bias"]),  # wqkv = [W_q; W_u; W_kr]
     "mfa": (["attn.wqkv_a.weight", "attn.wq_b.weight", "attn.wo.weight", *MLP], [*NORMS, "attn.q_norm.weight"],
             ["wte.weight", "ln_f.weight", "ln_f.bias"]),

@@ -129,7 +129,7 @@ def test_hf_tokenizer_encodes_as_tiktoken(kind, tokenizer, tmp_path):
 @pytest.mark.parametrize(
     ("block", "name"),
     [("gpt2", "mla_rope"), ("llama", "mha"), ("gpt2", "mla"), ("llama", "mla"), ("llama", "mla_rope_split"),
-     ("llama", "mlra"), ("llama", "mlra_gated")],
+     ("llama", "mlra"), ("llama", "mlra_gated"), ("llama", "gla2"), ("llama", "mlra2")],
 )
 def test_pairs_without_an_exact_class_are_refused(block, name, tokenizer, tmp_path):
     enc = tokenizer_encoding(tokenizer)

@@ -36,6 +36,7 @@ CASES = [  # (n_blocks, block width, rotary width, heads, cached positions, spli
     (1, 32, 16, 4, 300, 3),  # split-KV merge; heads padded to 16 rows
     (2, 16, 0, 8, 200, 2),  # MLRA blocks, no rotary key (MLA without RoPE)
     (4, 16, 16, 20, 65, 2),  # more heads than 16; the last split holds one position
+    (4, 16, 16, 2, 130, 2),  # GLA-4 / MLRA-2 at 8 heads: each block serves its group's 2 heads
 ]
 
 
@@ -90,7 +91,7 @@ def test_kernel_addresses_caches_over_2_31_elements():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["mla", "mla_rope", "mlra"])
+@pytest.mark.parametrize("name", ["mla", "mla_rope", "mlra", "gla2", "gla4", "mlra2"])
 def test_model_decode_with_kernel_equals_sdpa_path(monkeypatch, name):
     from tests.test_attention import make_gpt
 

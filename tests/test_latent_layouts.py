@@ -16,7 +16,8 @@ HD = D // H
 # Options on top of mla_rope's defaults (rank 0.5, rope_dim = d_h / 2, joint latent, rotary dims appended).
 LAYOUTS = {
     "split": dict(kv_latent="split"),
-    "split_blocks": dict(kv_latent="split", n_blocks=2),
+    "split_blocks": dict(kv_latent="split", n_branches=2),
+    "split_branches_groups": dict(kv_latent="split", n_branches=2, n_groups=2),
     "split_no_rope": dict(kv_latent="split", rope_dim=0, pos_emb="learned"),
     "rope_in_head": dict(rope_in_head=True),
     "split_rope_in_head_q_rank": dict(kv_latent="split", rope_in_head=True, q_rank=0.5),

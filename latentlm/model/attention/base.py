@@ -72,7 +72,8 @@ class Attention(nn.Module, ABC):
     def __init__(self, d_model: int, n_head: int, dropout: float = 0.0):
         super().__init__()
         if d_model % n_head:
-            raise ValueError(f"n_head={n_head} must divide d_model={d_model}")
+            divisors = ", ".join(str(h) for h in range(1, d_model + 1) if d_model % h == 0)
+            raise ValueError(f"n_head={n_head} does not divide d_model={d_model}; choose n_head in {{{divisors}}}")
         self.d_model, self.n_head, self.head_dim = d_model, n_head, d_model // n_head
         self.dropout = dropout
 

@@ -28,7 +28,10 @@ class GroupedQueryAttention(Attention):
         super().__init__(d_model, n_head, dropout)
         self.n_kv_heads = n_head if n_kv_heads is None else n_kv_heads
         if self.n_kv_heads < 1 or n_head % self.n_kv_heads:
-            raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_head={n_head}")
+            divisors = ", ".join(str(h) for h in range(1, n_head + 1) if n_head % h == 0)
+            raise ValueError(
+                f"n_kv_heads={self.n_kv_heads} does not divide n_head={n_head}; choose one of {{{divisors}}}"
+            )
         hd, kv_dim = self.head_dim, self.n_kv_heads * self.head_dim
         self.wqkv = nn.Linear(d_model, d_model + 2 * kv_dim, bias=False)  # q, k and v in one matmul
         self.wo = nn.Linear(d_model, d_model, bias=False)

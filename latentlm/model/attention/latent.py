@@ -26,11 +26,21 @@ count of per-head K and V latents, r / H each, as secondary sources describe the
 and the rotary dims are appended, q.k width d_h + rope_dim. true: the rotary dims are carved out of the head,
 d_nope = d_h - rope_dim and the q.k width is d_h, as in MHA+RoPE. Values are d_h wide either way.
 
-MLRA splits the latent into n_blocks blocks c^(b) of r / n_blocks elements, each RMSNorm'ed and up-projected by
-its own W_uk^(b), W_uv^(b) to keys and values of ALL heads. Attention runs once per block with the same queries
-and the same rotary key, and the block outputs are summed with a 1/sqrt(n_blocks) scale before W_o. A
-tensor-parallel shard then needs only its own latent block (+ the rotary key) of the cache. n_blocks = 1 is
-exactly MLA. With split latents, c_k and c_v are each cut into n_blocks blocks, block b of both pairing up.
+The latent family (MLRA paper, arXiv 2603.02188, and GLA, arXiv 2505.21487) cuts the latent into
+n_blocks = n_branches x n_groups blocks c^(b) of r / n_blocks elements, each RMSNorm'ed on its own. Block
+b = beta * n_groups + gamma belongs to branch beta and is up-projected by its own W_uk^(b), W_uv^(b) to keys and
+values of head group gamma only, the heads [gamma H / n_groups, (gamma + 1) H / n_groups). Each branch is one
+attention over the same queries and the same rotary key; the branch outputs are summed with a 1/sqrt(n_branches)
+scale before W_o:
+
+    o_i = sum_beta softmax_j(q_i . [W_uk^(b,i) c_j^(b) ; k_pe_j] / sqrt(d_nope + rope_dim)) W_uv^(b,i) c_j^(b)
+          / sqrt(n_branches),        b = beta * n_groups + group(i)
+
+    (n_branches, n_groups) = (1, 1) MLA, (4, 1) MLRA-4, (1, 2) GLA-2, (1, 4) GLA-4, (2, 2) MLRA-2.
+
+The cache is the same r + rope_dim at every setting; what changes is how it splits over tensor-parallel devices
+(each device holds its blocks + a replica of the rotary key; latentlm.model.tensor_parallel). With split latents,
+c_k and c_v are each cut into n_blocks blocks, block b of both pairing up.
 `gated` multiplies the attention output by sigmoid(W_g x) before W_o (the paper's gated variant).
 
 `latent_scale` multiplies each normalised latent (and the normalised query latent) by sqrt(d_model / dim), as
@@ -39,9 +49,11 @@ on by default for every latent variant.
 
 Names against DeepSeek-V3's code: `wqkv_a` packs [wq (or wq_a) | wkv_a], where our wkv_a gives [c | k_pe] or
 [c_v | c_k | k_pe]; `wkv_b` packs W_uk and W_uv of each head; `rank` is the fraction r / d_model
-(DeepSeek's kv_lora_rank is the width r, our `latent_dim`); `nope_dim` is qk_nope_head_dim.
+(DeepSeek's kv_lora_rank is the width r, our `latent_dim`); `nope_dim` is qk_nope_head_dim. MLRA-4's four
+blocks are `n_branches` = 4 here; GLA's number of latent heads g is `n_groups`.
 """
 
+import copy
 import math
 
 import torch
@@ -65,7 +77,8 @@ class LatentAttention(Attention):
         rope_in_head: bool = False,
         q_rank: float | None = None,
         kv_latent: str = "joint",
-        n_blocks: int = 1,
+        n_branches: int = 1,
+        n_groups: int = 1,
         gated: bool = False,
         latent_scale: bool = True,
         absorb: bool = True,
@@ -81,12 +94,18 @@ class LatentAttention(Attention):
         self.kv_latent = kv_latent
         self.n_latents = 1 if kv_latent == "joint" else 2  # [c], or [c_v | c_k]: the value latent first
         self.latent_dim = round(rank * d_model)  # r, the width of each latent
-        self.n_blocks = n_blocks
-        if n_blocks < 1 or self.latent_dim % n_blocks:
+        if n_groups < 1 or n_head % n_groups:
+            raise ValueError(f"n_groups={n_groups} must divide n_head={n_head}")
+        if n_branches < 1 or self.latent_dim % (n_branches * n_groups):
             raise ValueError(
-                f"n_blocks={n_blocks} must divide the latent dim {self.latent_dim} (rank x d_model)"
+                f"n_branches={n_branches} x n_groups={n_groups} latent blocks must divide the latent dim "
+                f"{self.latent_dim} (rank x d_model)"
             )
-        self.block_dim = self.latent_dim // n_blocks
+        self.n_branches, self.n_groups = n_branches, n_groups
+        self.n_blocks = n_branches * n_groups  # block b = branch * n_groups + group
+        self.group_heads = n_head // n_groups  # the query heads each block serves
+        self.block_dim = self.latent_dim // self.n_blocks
+        self.branch_scale = n_branches**-0.5  # the branch sum's scale (a tensor-parallel shard keeps the model's)
         self.rope_dim = hd // 2 if rope_dim is None else rope_dim
         if self.rope_dim % 2 or self.rope_dim < 0:
             raise ValueError(f"rope_dim={self.rope_dim} must be even and >= 0")
@@ -98,9 +117,10 @@ class LatentAttention(Attention):
         self.absorb = absorb
         # Which path a cached chunk of T query tokens takes: absorbed attention pays off for few queries over a long
         # cache, the naive path for a long chunk (a prompt's prefill). The default is the FLOP crossover, derived,
-        # not measured. Per layer and cached position, naive decompresses the latent once, 2 r H (d_nope + d_h),
-        # then attends at widths d_nope + rope (q.k) and d_h (v) per query, block and head; absorbed attends at
-        # c + rope and c (c = block_dim). So absorbed costs less while T (2c - d_nope - d_h) < c (d_nope + d_h):
+        # not measured. Per layer and cached position, naive decompresses the latent once, 2 r (H / n_groups)
+        # (d_nope + d_h), then attends at widths d_nope + rope (q.k) and d_h (v) per query, block and head it
+        # serves; absorbed attends at c + rope and c (c = block_dim). The n_blocks x H / n_groups (block, head)
+        # pairs cancel, so absorbed costs less while T (2c - d_nope - d_h) < c (d_nope + d_h):
         # up to 85 tokens for MLA at rank 0.5 in the 30m model, and any chunk (the whole context) once
         # 2c <= d_nope + d_h, as for MLRA-4 at rank 0.5. Left out: the absorbed path's per-query products with
         # W_uk and W_uv, which do not grow with the cache.
@@ -120,11 +140,12 @@ class LatentAttention(Attention):
             self.wq_b = nn.Linear(self.q_in_dim, q_out, bias=False)
             self.q_gain = math.sqrt(d_model / self.q_in_dim) if latent_scale else 1.0
         # One RMSNorm per block of each latent.
-        self.kv_norm_weight = nn.Parameter(torch.ones(self.n_latents * n_blocks, self.block_dim))
+        self.kv_norm_weight = nn.Parameter(torch.ones(self.n_latents * self.n_blocks, self.block_dim))
         self.kv_gain = math.sqrt(d_model / self.block_dim) if latent_scale else 1.0
-        # Per block: W_uk and W_uv of all heads, packed as (n_blocks, H * (d_nope [k] + d_h [v]), block_dim).
+        # Per block: W_uk and W_uv of the heads it serves, packed as (n_blocks, H/n_groups * (d_nope [k] + d_h [v]),
+        # block_dim), each head's [k | v] rows together.
         self.wkv_b = nn.Parameter(
-            torch.empty(n_blocks, n_head * (self.nope_dim + hd), self.block_dim).normal_(std=0.02)
+            torch.empty(self.n_blocks, self.group_heads * (self.nope_dim + hd), self.block_dim).normal_(std=0.02)
         )
         self.wo = nn.Linear(n_head * hd, d_model, bias=False)
         self.wg = nn.Linear(d_model, n_head * hd, bias=False) if gated else None
@@ -139,8 +160,49 @@ class LatentAttention(Attention):
         return self.n_latents * self.latent_dim + self.rope_dim
 
     def kv_cache_elements_per_device(self, tp: int) -> int:
-        # latent blocks split across devices, the rotary key replicated: MLA (one block) caches all of it on each
+        # latent blocks split across devices, the rotary key replicated; with more devices than blocks each device
+        # holds one block (and a share of its heads): MLA (one block) caches all of it on each
         return self.n_latents * self.block_dim * -(-self.n_blocks // tp) + self.rope_dim
+
+    def shard(self, blocks: list[int], heads: range, n_branches: int, n_groups: int) -> "LatentAttention":
+        """A copy of this layer narrowed to one tensor-parallel device: the latent `blocks` (global indices, in the
+        shard's own block order branch * n_groups + group, `n_branches` x `n_groups` of them) and the query
+        `heads` they serve, a contiguous range. It keeps the rows of wqkv_a that make its queries (the query latent
+        whole, with q_rank), its blocks of each latent and the rotary key; its blocks' norms and up-projections
+        (the rows of its heads); the W_o columns and gate rows of its heads; and the model's branch scale. Its
+        output, already through W_o, is this device's part of the layer's: summed over the devices (one
+        all-reduce, latentlm.model.tensor_parallel) it is the layer's output. Its cache holds its blocks and the
+        rotary key."""
+        H, nb, hd, c = len(heads), len(blocks), self.head_dim, self.block_dim
+        if n_branches * n_groups != nb or H % n_groups:
+            raise ValueError(f"a shard of {nb} blocks in {n_branches} x {n_groups} serving {H} heads is not a layout")
+        shard = copy.deepcopy(self)
+        shard.n_head, shard.n_branches, shard.n_groups, shard.n_blocks = H, n_branches, n_groups, nb
+        shard.group_heads, shard.latent_dim = H // n_groups, nb * c
+        qk, r = self.qk_dim, self.latent_dim
+        w_q, w_latents, w_kr = self.wqkv_a.weight.split([self.q_in_dim, self.n_latents * r, self.rope_dim])
+        if self.wq_b is None:  # queries straight from x: the rows of its heads
+            w_q = w_q[heads.start * qk : heads.stop * qk]
+        else:  # the query latent is shared by every head: kept whole; wq_b keeps the rows of its heads
+            shard.wq_b = bias_free_linear(self.wq_b.weight[heads.start * qk : heads.stop * qk])
+        shard.q_in_dim = w_q.size(0)
+        rows = [w_latents[(i * self.n_blocks + b) * c : (i * self.n_blocks + b + 1) * c]
+                for i in range(self.n_latents) for b in blocks]  # [c_v blocks | c_k blocks] when split
+        shard.wqkv_a = bias_free_linear(torch.cat((w_q, *rows, w_kr)))
+        norms = [i * self.n_blocks + b for i in range(self.n_latents) for b in blocks]
+        shard.kv_norm_weight = nn.Parameter(self.kv_norm_weight[norms].detach().clone())
+        w_up = self.wkv_b.view(self.n_blocks, self.group_heads, self.nope_dim + hd, c)
+        up = []
+        for i, b in enumerate(blocks):  # the heads the shard's group (i % n_groups) asks of block b
+            first = heads.start + (i % n_groups) * shard.group_heads - (b % self.n_groups) * self.group_heads
+            if not 0 <= first <= self.group_heads - shard.group_heads:
+                raise ValueError(f"block {b} does not serve heads {first}.. of the shard's group {i % n_groups}")
+            up.append(w_up[b, first : first + shard.group_heads])
+        shard.wkv_b = nn.Parameter(torch.stack(up).reshape(nb, -1, c).detach().clone())
+        shard.wo = bias_free_linear(self.wo.weight[:, heads.start * hd : heads.stop * hd])
+        if self.wg is not None:
+            shard.wg = bias_free_linear(self.wg.weight[heads.start * hd : heads.stop * hd])
+        return shard
 
     def forward(self, x: Tensor, cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
         B, T, _ = x.shape
@@ -177,55 +239,68 @@ class LatentAttention(Attention):
         return latent, k_pe
 
     def _up_projections(self) -> tuple[Tensor, Tensor]:
-        """W_uk (n_blocks, H, d_nope, block_dim) and W_uv (n_blocks, H, d_h, block_dim), views of wkv_b."""
-        w = self.wkv_b.view(self.n_blocks, self.n_head, self.nope_dim + self.head_dim, self.block_dim)
-        return w.split([self.nope_dim, self.head_dim], dim=2)
+        """W_uk (n_branches, n_groups, H/n_groups, d_nope, block_dim) and W_uv (..., d_h, block_dim): views of
+        wkv_b, block b = branch * n_groups + group."""
+        w = self.wkv_b.view(
+            self.n_branches, self.n_groups, self.group_heads, self.nope_dim + self.head_dim, self.block_dim
+        )
+        return w.split([self.nope_dim, self.head_dim], dim=3)
 
     def _attend_naive(self, q_nope: Tensor, q_pe: Tensor, latent: Tensor, k_pe: Tensor) -> Tensor:
-        """Decompress the latents into per-head K and V (training form) and run SDPA, blocks folded into heads."""
+        """Decompress the latents into per-head K and V (training form) and run SDPA, branches folded into heads.
+
+        Subscripts: p branch, g group, i head within its group (head = g * H/n_groups + i), c block width.
+        """
         B, T, H, _ = q_nope.shape
-        S, nb, c, r, hd = latent.size(1), self.n_blocks, self.block_dim, self.latent_dim, self.head_dim
+        S, c, r, hd, rope = latent.size(1), self.block_dim, self.latent_dim, self.head_dim, self.rope_dim
+        nbr, ng, hg = self.n_branches, self.n_groups, self.group_heads
         w_uk, w_uv = self._up_projections()
-        c_v, c_k = latent[..., :r].view(B, S, nb, c), latent[..., -r:].view(B, S, nb, c)  # joint: both are c
-        k_nope = torch.einsum("bsnc,nhdc->bsnhd", c_k, w_uk)  # (B, S, nb, H, d_nope)
-        v = torch.einsum("bsnc,nhdc->bsnhd", c_v, w_uv)  # (B, S, nb, H, d_h)
-        k = torch.cat((k_nope, k_pe[:, :, None, None, :].expand(B, S, nb, H, self.rope_dim)), dim=-1)
-        q = torch.cat((q_nope, q_pe), dim=-1).unsqueeze(2).expand(B, T, nb, H, self.qk_dim)
+        c_v = latent[..., :r].view(B, S, nbr, ng, c)  # joint: c_v and c_k are both c
+        c_k = latent[..., -r:].view(B, S, nbr, ng, c)
+        k_nope = torch.einsum("bspgc,pgidc->bspgid", c_k, w_uk)  # (B, S, nbr, ng, H/ng, d_nope)
+        v = torch.einsum("bspgc,pgidc->bspgid", c_v, w_uv)  # (B, S, nbr, ng, H/ng, d_h)
+        k = torch.cat((k_nope, k_pe[:, :, None, None, None, :].expand(B, S, nbr, ng, hg, rope)), dim=-1)
+        q = torch.cat((q_nope, q_pe), dim=-1).view(B, T, 1, ng, hg, self.qk_dim).expand(B, T, nbr, ng, hg, -1)
         y = causal_attention(
-            q.reshape(B, T, nb * H, self.qk_dim).transpose(1, 2),
-            k.reshape(B, S, nb * H, self.qk_dim).transpose(1, 2),
-            v.reshape(B, S, nb * H, hd).transpose(1, 2),
+            q.reshape(B, T, nbr * H, self.qk_dim).transpose(1, 2),
+            k.reshape(B, S, nbr * H, self.qk_dim).transpose(1, 2),
+            v.reshape(B, S, nbr * H, hd).transpose(1, 2),
             self.scale,
             self.attn_dropout,
-        )  # (B, nb * H, T, d_h)
-        if nb > 1:  # MLRA: sum the blocks' outputs, scaled by 1/sqrt(n_blocks)
-            y = y.reshape(B, nb, H, T, hd).sum(dim=1) * nb**-0.5
+        )  # (B, nbr * H, T, d_h)
+        if nbr > 1:  # MLRA: sum the branches' outputs
+            y = y.reshape(B, nbr, H, T, hd).sum(dim=1)
+        if self.branch_scale != 1.0:
+            y = y * self.branch_scale
         return y.transpose(1, 2)
 
     def _attend_absorbed(self, q_nope: Tensor, q_pe: Tensor, kv: Tensor) -> Tensor:
         """Attend over the cached rows directly: W_uk folded into the query, W_uv after.
 
-        Each latent block acts as one key/value head shared by all query heads (FlashMLA's "MQA mode"): the key
-        of block n is its key-latent block and the shared rotary key, its value the value-latent block (the same
-        latent block when joint). A joint decode step runs the split-KV Triton kernel where it applies (see
-        latent_decode), otherwise one SDPA call.
+        Each latent block acts as one key/value head shared by the query heads it serves (FlashMLA's "MQA mode";
+        with groups, GLA's per-group MQA): the key of block b is its key-latent block and the shared rotary key,
+        its value the value-latent block (the same latent block when joint). A joint decode step runs the split-KV
+        Triton kernel where it applies (see latent_decode), otherwise one SDPA call.
         """
         B, T, H, _ = q_nope.shape
         nb, c, rope = self.n_blocks, self.block_dim, self.rope_dim
+        nbr, ng, hg = self.n_branches, self.n_groups, self.group_heads
         w_uk, w_uv = self._up_projections()
-        q_latent = torch.einsum("bthd,nhdc->bnthc", q_nope, w_uk)  # (B, nb, T, H, c)
-        q = torch.cat((q_latent, q_pe.unsqueeze(1).expand(B, nb, T, H, rope)), dim=-1).view(B, nb, T * H, c + rope)
+        q_latent = torch.einsum("btgid,pgidc->bpgtic", q_nope.view(B, T, ng, hg, -1), w_uk)  # (B, nbr, ng, T, hg, c)
+        q_pe = q_pe.view(B, T, 1, ng, hg, rope).permute(0, 2, 3, 1, 4, 5).expand(B, nbr, ng, T, hg, rope)
+        q = torch.cat((q_latent, q_pe), dim=-1).view(B, nb, T * hg, c + rope)  # block b's queries: its heads
         # The kernel reads each value from its key's latent columns, which only the joint row has; split rows
         # take SDPA, which accepts keys wider than values.
         if T == 1 and self.kv_latent == "joint" and latent_decode.supported(kv, c, rope):
-            out = latent_decode.attend(q, kv, nb, c, rope, self.scale)  # (B, nb, H, c)
+            out = latent_decode.attend(q, kv, nb, c, rope, self.scale)  # (B, nb, H/ng, c)
         else:
-            out = self._sdpa_over_cache(q, kv, T)  # (B, nb, T * H, c)
-        return torch.einsum("bnthc,nhdc->bthd", out.view(B, nb, T, H, c), w_uv) * nb**-0.5
+            out = self._sdpa_over_cache(q, kv, T)  # (B, nb, T * H/ng, c)
+        y = torch.einsum("bpgtic,pgidc->btgid", out.view(B, nbr, ng, T, hg, c), w_uv)  # summed over branches
+        return y.reshape(B, T, H, self.head_dim) * self.branch_scale
 
     def _sdpa_over_cache(self, q: Tensor, kv: Tensor, T: int) -> Tensor:
         """SDPA with the heads folded into the query length: one call reads the cache, without copies when
-        n_blocks = 1 (MLRA concatenates each block with the rotary key)."""
+        there is one block (more blocks concatenate each with the rotary key)."""
         B, nb, TH, _ = q.shape
         S, c, r, rope = kv.size(1), self.block_dim, self.latent_dim, self.rope_dim
         key = kv[..., (self.n_latents - 1) * r :]  # (B, S, r + rope): [c_k | k_pe], or the whole joint row
@@ -237,7 +312,14 @@ class LatentAttention(Attention):
             k = k.transpose(1, 2)  # (B, nb, S, c + rope)
         v = kv[..., :r].view(B, S, nb, c).transpose(1, 2)  # (B, nb, S, c): c_v (or c), a view of the cache
         mask = None
-        if T > 1:  # query row t * H + h is the token at position S - T + t
+        if T > 1:  # query row t * (heads per block) + h is the token at position S - T + t
             position = torch.arange(T, device=kv.device).repeat_interleave(TH // T) + (S - T)
             mask = torch.arange(S, device=kv.device) <= position[:, None]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+
+
+def bias_free_linear(weight: Tensor) -> nn.Linear:
+    """A bias-free nn.Linear holding a copy of `weight` (out_features, in_features)."""
+    layer = nn.Linear(weight.size(1), weight.size(0), bias=False, device="meta")
+    layer.weight = nn.Parameter(weight.detach().clone())
+    return layer

@@ -1,4 +1,4 @@
-"""A split-KV (FlashDecoding) Triton kernel for one decode step of absorbed latent attention (MLA, MLRA).
+"""A split-KV (FlashDecoding) Triton kernel for one decode step of absorbed latent attention (MLA, MLRA, GLA).
 
 In absorbed decoding every query head attends over the same cached rows [latent | rotary key], so the cache is
 one key/value head shared by all heads (FlashMLA's "MQA mode"). For MLA+RoPE the key is 288 wide and the value
@@ -58,7 +58,8 @@ def attend(
 ) -> Tensor:
     """Softmax attention of one query token per sequence over every cached row.
 
-    q: (B, n_blocks, H, block_dim + rope_dim), the absorbed queries of each latent block.
+    q: (B, n_blocks, H, block_dim + rope_dim), the absorbed queries of each latent block: the H heads it serves
+    (every head for MLA and MLRA, the n_head / n_groups heads of its group for GLA and MLRA-2).
     kv: (B, S, n_blocks * block_dim + rope_dim), the cache; block n's key is [c_n | k_pe], its value c_n.
     splits: how many parts the positions are cut into (None: enough programs to fill the GPU twice over, but
     no part shorter than MIN_SPLIT positions). Returns (B, n_blocks, H, block_dim) in q's dtype.
