@@ -143,7 +143,7 @@ class PlainProgress(Callback):
                 "step %d/%d  train/loss %.4f  lr %.2e%s",
                 step,
                 trainer.max_steps,
-                float(outputs["loss"]),
+                float(metrics["train/loss"]),  # as logged: on several devices, the mean over the ranks
                 lr,
                 f"  tokens/s {float(rate):,.0f}" if rate is not None else "",
             )

@@ -84,7 +84,8 @@ class LitGPT(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         tokens = self.val_tokens.compute()
         loss, acc = self.val_loss_sum.compute() / tokens, self.val_correct.compute() / tokens
-        self.log_dict({"val/loss": loss, "val/ppl": loss.exp(), "val/acc": acc}, prog_bar=True)
+        # The sums are over every rank's tokens, so every rank has these values: sync_dist only tells Lightning so.
+        self.log_dict({"val/loss": loss, "val/ppl": loss.exp(), "val/acc": acc}, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.val_history.append({"step": self.global_step, "val_loss": loss.item(), "val_acc": acc.item()})
         for metric in (self.val_loss_sum, self.val_correct, self.val_tokens):

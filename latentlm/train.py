@@ -63,6 +63,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # another rank's config differs in ${now:} values such as the W&B group
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    else:
+        _console_warnings_only()
     summary: dict[str, Any] = _identity(cfg)
     duplicate_of = _claim(cfg)
     if duplicate_of is not None:
@@ -309,6 +311,14 @@ def _judge(cfg: DictConfig, net: Any, datamodule: Any, out_dir: Path) -> dict[st
                              seed=cfg.seed)
     (out_dir / "judge_samples.txt").write_text("\n<|endoftext|>\n".join(samples))
     return judge_texts(samples) | {"temperature": cfg.judge.temperature}
+
+
+def _console_warnings_only() -> None:
+    """On a rank other than 0, print only warnings and errors: its other lines repeat rank 0's, and go to its own
+    log file (train_ddp_process_<rank>.log) only."""
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
 
 
 def _write_summary(out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
