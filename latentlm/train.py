@@ -378,11 +378,12 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def _remove_run_dir_left_empty() -> None:
-    """Hydra makes the run dir before the config is checked: remove it again if it holds only Hydra's files and
-    the config (bad input found while reading data comes after config.yaml is written; a resumed run's folder
-    holds more and stays)."""
+    """Hydra makes the run dir before the config is checked: remove it again if it holds only Hydra's files, the
+    config and the tokenizer (bad input found while reading data, or the trainer's, comes after config.yaml is
+    written; a resumed run's folder holds more and stays)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if all(p.name in (".hydra", "config.yaml") or p.suffix == ".log" for p in run_dir.iterdir()):
+    kept = (".hydra", "config.yaml", "tokenizer.json", "tokenizer.tiktoken")
+    if all(p.name in kept or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)
 
 

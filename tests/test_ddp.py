@@ -4,7 +4,6 @@
 import json
 
 import pytest
-import torch
 from conftest import read_metrics, run_train, series
 from torch.utils.data import DataLoader
 
@@ -40,8 +39,9 @@ def test_a_resumed_rank_goes_on_from_the_global_batch_it_stopped_at():
 def test_ddp_on_two_cpu_processes_trains_as_one_process_of_their_batch(data_root, tmp_path):
     """`trainer=ddp` on 2 gloo processes with batch 4 against 1 process with batch 8, same seed: the same windows
     a step, so the same losses up to float32 rounding. The gradients differ only in how the sum is ordered (each
-    rank's mean, then the all-reduce mean), about 1e-7 relative; 20 steps left the logged losses within 1e-7 of each
-    other, and the tolerance 1e-5 is far below what other windows give (another shuffle seed moves them by 1e-2, 2e-3 relative)."""
+    rank's mean, then the all-reduce mean), about 1e-7 relative; 20 steps left the logged losses within 1e-7 of
+    each other. The tolerance, 1e-5, is far below what other windows give: another shuffle seed moves the losses by
+    about 1e-2 (2e-3 relative)."""
     common = ("experiment=smoke", "trainer.max_steps=20", f"paths.log_dir={tmp_path}/logs")
     run_train(*common, "data.batch_size=8", f"hydra.run.dir={tmp_path}/one", root=data_root)
     run_train(*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4",
@@ -58,3 +58,16 @@ def test_ddp_on_two_cpu_processes_trains_as_one_process_of_their_batch(data_root
     assert result["status"] == "ok" and result["tokens"] == 20 * 8 * 32  # steps x global batch x seq_len
     assert result["val_loss_final"] == pytest.approx(json.loads((one / "summary.json").read_text())["val_loss_final"],
                                                      rel=1e-5)
+
+
+def test_a_sweep_on_several_launched_processes_is_one_line(data_root, tmp_path):
+    """Lightning would start rank 1 with the sweep's own command line, which runs the whole sweep again."""
+    sweep = tmp_path / "sweep"
+    proc = run_train("-m", "experiment=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                     f"hydra.sweep.dir={sweep}", root=data_root, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: trainer.devices=2 starts a process a device by running the command line again, which would run the "
+        "whole -m sweep in each; run these jobs one at a time"
+    )
+    assert not (sweep / "0").exists()  # the job's folder held no more than its config and tokenizer
