@@ -124,7 +124,7 @@ def test_missing_checkpoint_is_one_line(tmp_path):
         # (on the CPU-only CI machine; on a GPU machine the counts differ)
         (["trainer.accelerator=gpu"], "trainer.accelerator=gpu asks for a CUDA GPU; this machine has none"),
         (["trainer=fsdp"], "trainer.strategy=fsdp shards the model over CUDA GPUs; this machine has none"),
-        (["trainer=ddp"], "trainer.devices=-1 asks for every GPU, and this run has none; on a CPU give a number"),
+        (["trainer=ddp", "trainer.devices=-1"], "trainer.devices=-1 asks for every GPU, and this run has none"),
     ],
 )
 def test_bad_key_or_value_is_one_line_and_leaves_no_run_dir(overrides, expected, tmp_path, monkeypatch, capsys):
