@@ -40,7 +40,8 @@ class Throughput(Callback):
     """Logs perf/tokens_per_s and perf/mfu over windows of `window` steps.
 
     The window is timed on the host at its ends only, with no synchronisation inside the training step: the
-    host can run ahead of the GPU by the depth of the launch queue, a small error over a long window.
+    host can run ahead of the GPU by the depth of the launch queue, a small error over a long window. Tokens count
+    every rank (each rank's batch is as large, and the ranks step together), and the peak every device.
     """
 
     def __init__(self, window: int = 50, warmup_steps: int = 1):
@@ -52,11 +53,12 @@ class Throughput(Callback):
         self._timed_tokens, self._timed_s = 0, 0.0  # every timed stretch, for the run's mean rate
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.peak = peak_flops(pl_module.device, str(trainer.precision))
+        peak = peak_flops(pl_module.device, str(trainer.precision))
+        self.peak = peak * trainer.world_size if peak else None  # of every device together, as the tokens count
         self._t0, self._tokens = None, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._tokens += batch[0].numel()
+        self._tokens += batch[0].numel() * trainer.world_size
         step = trainer.global_step
         if step < self.warmup_steps:  # compilation and warm-up stay out of the numbers
             return
@@ -109,13 +111,14 @@ class Diverged(RuntimeError):
 class StopOnNonFinite(Callback):
     """Stops training with `Diverged` when the training loss is not finite, checked every `every` steps (one host
     sync each, where the loss is logged anyway), and when a validation loss is not finite, before any checkpoint
-    of that validation is written (Lightning runs checkpoint callbacks last)."""
+    of that validation is written (Lightning runs checkpoint callbacks last). Both are the logged losses, the same
+    on every rank (their mean over the ranks), so that on several devices every rank stops at the same step."""
 
     def __init__(self, every: int):
         self.every = every
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.every == 0 and not torch.isfinite(outputs["loss"]).item():
+        if trainer.global_step % self.every == 0 and not torch.isfinite(trainer.callback_metrics["train/loss"]):
             raise Diverged(trainer.global_step, "the training loss")
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -140,7 +143,7 @@ class PlainProgress(Callback):
                 "step %d/%d  train/loss %.4f  lr %.2e%s",
                 step,
                 trainer.max_steps,
-                float(outputs["loss"]),
+                float(metrics["train/loss"]),  # as logged: on several devices, the mean over the ranks
                 lr,
                 f"  tokens/s {float(rate):,.0f}" if rate is not None else "",
             )

@@ -19,6 +19,9 @@ def check_trainer_devices(trainer: dict[str, Any], gpus: int) -> None:
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
     if accelerator in ("gpu", "cuda") and gpus == 0:
         raise ConfigError(f"trainer.accelerator={accelerator} asks for a CUDA GPU; this machine has none")
+    if not on_gpu and devices == -1:
+        raise ConfigError("trainer.devices=-1 asks for every GPU, and this run has none; on a CPU give a number of "
+                          "processes, e.g. trainer.devices=2")
     wanted = len(devices) if isinstance(devices, list) else devices
     if on_gpu and isinstance(wanted, int) and wanted > gpus:
         raise ConfigError(f"trainer.devices={devices} asks for {wanted} GPUs; this machine has {gpus}")

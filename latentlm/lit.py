@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
 from torch import Tensor, nn
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import SumMetric
 
@@ -71,7 +72,7 @@ class LitGPT(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._train_loss(*batch)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the mean over the ranks: the global batch's
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -83,7 +84,8 @@ class LitGPT(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         tokens = self.val_tokens.compute()
         loss, acc = self.val_loss_sum.compute() / tokens, self.val_correct.compute() / tokens
-        self.log_dict({"val/loss": loss, "val/ppl": loss.exp(), "val/acc": acc}, prog_bar=True)
+        # The sums are over every rank's tokens, so every rank has these values: sync_dist only tells Lightning so.
+        self.log_dict({"val/loss": loss, "val/ppl": loss.exp(), "val/acc": acc}, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.val_history.append({"step": self.global_step, "val_loss": loss.item(), "val_acc": acc.item()})
         for metric in (self.val_loss_sum, self.val_correct, self.val_tokens):
@@ -108,9 +110,13 @@ class LitGPT(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Lightning's AMP plugin refuses to clip for fused optimizers, a guard for fp16 loss scaling. bf16-mixed
-        # and fp32 have no loss scaler, so the gradients are true gradients: clip them directly.
+        # and fp32 have no loss scaler, so the gradients are true gradients: clip them directly. Under FSDP each
+        # rank holds a shard of them: the sharded root's clip_grad_norm_ takes the norm over every shard.
         if gradient_clip_val and self.trainer.precision not in ("16-mixed", "16"):
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), gradient_clip_val, foreach=True)
+            if isinstance(self.trainer.model, FullyShardedDataParallel):
+                self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), gradient_clip_val, foreach=True)
         else:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

@@ -44,6 +44,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     written) or "skipped" (a sweep job identical to one already trained in the same sweep, see `_claim`).
     Bad input found on the way (a ConfigError, e.g. unusable data or a refused resume) writes no summary: it
     stops the command with one line, and a refused resume leaves the resumed run's own summary as it was.
+
+    On several devices (trainer=ddp), Lightning runs this command again in one process for each further device,
+    in the same run dir (its launcher adds hydra.run.dir=<this run's dir> and hydra.output_subdir=null). Every
+    process trains; the run's own files (config.yaml, summary.json, judge samples) are rank 0's alone.
     """
     global _first_job
     started, clock = time.time(), time.perf_counter()
@@ -51,11 +55,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _first_job = False
     validate(cfg)
     # torch and Lightning take seconds to import: only once the config is valid, so bad input fails fast.
+    from lightning.pytorch.utilities import rank_zero_only
+
     from latentlm.callbacks import Diverged
 
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    if rank_zero_only.rank == 0:  # another rank's config differs in ${now:} values such as the W&B group
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    else:
+        _console_warnings_only()
     summary: dict[str, Any] = _identity(cfg)
     duplicate_of = _claim(cfg)
     if duplicate_of is not None:
@@ -163,6 +172,11 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
         trainer_cfg, callbacks=[*callbacks, phase_times], logger=loggers, enable_progress_bar=interactive,
         plugins=[checkpoint_io],
     )
+    if HydraConfig.get().mode == RunMode.MULTIRUN and trainer.num_devices > 1 and (
+        not trainer.strategy.cluster_environment.creates_processes_externally
+    ):  # Lightning's launcher starts the other ranks with this process's command line, here a whole -m sweep
+        raise ConfigError(f"trainer.devices={trainer_cfg['devices']} starts a process a device by running the command "
+                          "line again, which would run the whole -m sweep in each; run these jobs one at a time")
     params = {"params": net.num_params(), "params_non_embedding": net.num_params(non_embedding=True)}
     hparams = {**_identity(cfg), **params, **_flatten(OmegaConf.to_container(cfg, resolve=True), "config/")}
     hparams.pop("config")
@@ -182,7 +196,7 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
     final, best = history[-1], min(history, key=lambda h: h["val_loss"])
     elements = net.kv_cache_elements()
     floor = datamodule.entropy_floor
-    judge = _judge(cfg, net, datamodule, out_dir)
+    judge = _judge(cfg, net, datamodule, out_dir) if trainer.is_global_zero else None
     timings["after_fit"] = time.perf_counter() - after_fit
     return {
         **params,
@@ -205,7 +219,7 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
         "mfu": throughput.mfu if throughput is not None else None,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "steps": trainer.global_step,
-        "tokens": trainer.global_step * cfg.data.batch_size * cfg.data.seq_len,
+        "tokens": trainer.global_step * cfg.data.batch_size * trainer.world_size * cfg.data.seq_len,  # every rank's
         "precision": trainer_cfg["precision"],
         "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "versions": {
@@ -299,7 +313,20 @@ def _judge(cfg: DictConfig, net: Any, datamodule: Any, out_dir: Path) -> dict[st
     return judge_texts(samples) | {"temperature": cfg.judge.temperature}
 
 
+def _console_warnings_only() -> None:
+    """On a rank other than 0, print only warnings and errors: its other lines repeat rank 0's, and go to its own
+    log file (train_ddp_process_<rank>.log) only."""
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+
+
 def _write_summary(out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write summary.json (rank 0 only, on several devices) and return the summary."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return summary
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("summary (%s): %s", summary["status"], out_dir / "summary.json")
     return summary
@@ -351,11 +378,12 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def _remove_run_dir_left_empty() -> None:
-    """Hydra makes the run dir before the config is checked: remove it again if it holds only Hydra's files and
-    the config (bad input found while reading data comes after config.yaml is written; a resumed run's folder
-    holds more and stays)."""
+    """Hydra makes the run dir before the config is checked: remove it again if it holds only Hydra's files, the
+    config and the tokenizer (bad input found while reading data, or the trainer's, comes after config.yaml is
+    written; a resumed run's folder holds more and stays)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if all(p.name in (".hydra", "config.yaml") or p.suffix == ".log" for p in run_dir.iterdir()):
+    kept = (".hydra", "config.yaml", "tokenizer.json", "tokenizer.tiktoken")
+    if all(p.name in kept or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)
 
 

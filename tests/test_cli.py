@@ -40,7 +40,7 @@ def test_run_writes_summary_and_loss_falls(smoke_run):
     ("overrides", "expected"),
     [
         (["attention=foo"], "attention=foo is not a known attention; choose one of: "),
-        (["-m", "model=tiny,huge"], "model=huge is not a known model; choose one of: 30m, tiny"),
+        (["-m", "model=tiny,huge"], "model=huge is not a known model; choose one of: 124m, 30m, tiny"),
         (["rank=1.5"], "rank=1.5 is outside (0, 1]"),
         (["rank=0"], "rank=0 is outside (0, 1]"),
         (["model.n_head=3"], "model: n_head=3 does not divide d_model=32; choose n_head in {1, 2, 4, 8, 16, 32}"),

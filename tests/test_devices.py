@@ -19,6 +19,7 @@ from latentlm.config import ConfigError
          r"trainer.devices=\[0, 1, 2\] asks for 3 GPUs; this machine has 2"),
         ({"accelerator": "cuda"}, 0, "trainer.accelerator=cuda asks for a CUDA GPU; this machine has none"),
         ({"strategy": "fsdp", "accelerator": "cpu", "devices": 2}, 0, "trainer.strategy=fsdp shards the model"),
+        ({"strategy": "ddp", "devices": -1}, 0, "trainer.devices=-1 asks for every GPU, and this run has none"),
     ],
 )
 def test_a_request_the_machine_cannot_meet_is_one_line(trainer, gpus, error):

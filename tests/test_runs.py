@@ -123,7 +123,8 @@ def test_missing_checkpoint_is_one_line(tmp_path):
         (["model.block=gpt3"], "model: model.block='gpt3' is unknown; choose one of: gpt2, llama"),
         # (on the CPU-only CI machine; on a GPU machine the counts differ)
         (["trainer.accelerator=gpu"], "trainer.accelerator=gpu asks for a CUDA GPU; this machine has none"),
-        (["+trainer.strategy=fsdp"], "trainer.strategy=fsdp shards the model over CUDA GPUs; this machine has none"),
+        (["trainer=fsdp"], "trainer.strategy=fsdp shards the model over CUDA GPUs; this machine has none"),
+        (["trainer=ddp", "trainer.devices=-1"], "trainer.devices=-1 asks for every GPU, and this run has none"),
     ],
 )
 def test_bad_key_or_value_is_one_line_and_leaves_no_run_dir(overrides, expected, tmp_path, monkeypatch, capsys):

@@ -8,7 +8,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import get_class
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from latentlm.config import ConfigError
 from latentlm.data.pipeline import Source, SyntheticStories, TextFiles, TinyStories, TokenCache, build_cache
@@ -35,28 +35,38 @@ class PackedTokens(Dataset):
         return window[:-1], window[1:]
 
 
-class StepSampler(Sampler[int]):
-    """A shuffled order that is a function of (seed, epoch) alone, resumable at any step.
+class StepSampler(DistributedSampler):
+    """A shuffled order that is a function of (seed, epoch) alone, resumable at any step, split over ranks.
+
+    One step takes the next `batch_size x num_replicas` windows of the order (the global batch), and rank r takes
+    every num_replicas-th of them from the r-th: `order[r::num_replicas]`, as torch's DistributedSampler splits.
+    So W ranks with a per-device batch b see at each step exactly the windows one process with batch W x b sees,
+    in the same order. The order is cut to whole global batches, so every rank has the same number of batches
+    (the last, incomplete one is dropped, as drop_last does for one process) and no rank waits on the others.
+
+    It is a DistributedSampler for Lightning's sake: Lightning leaves one in place, where it would wrap any other
+    sampler in its DistributedSamplerWrapper, which shuffles our order again with a seed of its own (the ranks
+    together would then no longer see the one-process batches, and `skip_batches` would skip other windows).
 
     Lightning calls `set_epoch` at the start of every epoch (also the epoch a run resumes in) but restarts a
-    plain sampler at the epoch's first batch; `skip_batches` makes a resumed run see exactly the batches the
-    uninterrupted run would have seen next.
+    sampler at the epoch's first batch; `skip_batches` (global batches) makes a resumed run see exactly the batches
+    the uninterrupted run would have seen next, also with another number of ranks of the same global batch.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int):
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.epoch, self.skip_batches = 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, size: int, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, seed=seed, drop_last=True)
+        self.size, self.batch_size = size, batch_size
+        self.global_batch = batch_size * num_replicas
+        self.skip_batches = 0
 
     def __len__(self) -> int:
-        return self.size
+        return self.size // self.global_batch * self.batch_size
 
     def __iter__(self):
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        start, self.skip_batches = self.skip_batches * self.batch_size, 0
-        return iter(order[start:].tolist())
+        start, self.skip_batches = self.skip_batches * self.global_batch, 0
+        end = self.size // self.global_batch * self.global_batch
+        return iter(order[start:end][self.rank :: self.num_replicas].tolist())
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -96,10 +106,12 @@ class TokenDataModule(L.LightningDataModule):
         self.prepare_data()
         self.train_set = PackedTokens(self.cache.split_path("train"), self.seq_len, self.cache.dtype)
         self.val_set = PackedTokens(self.cache.split_path("val"), self.seq_len, self.cache.dtype)
-        if len(self.train_set) < self.batch_size:  # training drops the last, incomplete batch: none would be left
+        ranks = self.trainer.world_size if self.trainer else 1  # data.batch_size is per device
+        if len(self.train_set) < self.batch_size * ranks:  # training drops the last, incomplete batch: none left
+            on_ranks = f" on each of {ranks} devices" if ranks > 1 else ""
             raise ConfigError(
-                f"data.batch_size={self.batch_size} is more than the {len(self.train_set)} training windows of "
-                f"data.seq_len={self.seq_len} tokens; give more data or a smaller data.batch_size"
+                f"data.batch_size={self.batch_size}{on_ranks} is more than the {len(self.train_set)} training "
+                f"windows of data.seq_len={self.seq_len} tokens; give more data or a smaller data.batch_size"
             )
 
     @property
@@ -116,10 +128,11 @@ class TokenDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         sampler = None
-        if shuffle:
-            sampler = StepSampler(len(dataset), self.batch_size, self.shuffle_seed)
+        if shuffle:  # validation keeps a plain order, which Lightning splits over the ranks with a DistributedSampler
+            ranks, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            sampler = StepSampler(len(dataset), self.batch_size, self.shuffle_seed, num_replicas=ranks, rank=rank)
             if self.trainer is not None:  # resuming at global_step: go on from that batch of its epoch
-                sampler.skip_batches = self.trainer.global_step % (len(dataset) // self.batch_size)
+                sampler.skip_batches = self.trainer.global_step % (len(dataset) // sampler.global_batch)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

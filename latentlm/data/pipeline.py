@@ -62,11 +62,17 @@ class TokenCache:
         return load_encoding(self.meta["tokenizer"]["kind"], self.path / "tokenizer.tiktoken")
 
     def export_tokenizer(self, run_dir: Path) -> None:
-        """Copy the tokenizer into a run dir, so its checkpoints decode without the data cache."""
+        """Copy the tokenizer into a run dir, so its checkpoints decode without the data cache. Each file is
+        written under a name of this process's and renamed into place: the ranks of a run on several devices all
+        export the same files, and none reads a file half-written by another."""
+        files = {"tokenizer.json": json.dumps({"kind": self.meta["tokenizer"]["kind"],
+                                               "vocab_size": self.meta["vocab_size"]})}
         if (self.path / "tokenizer.tiktoken").exists():
-            shutil.copyfile(self.path / "tokenizer.tiktoken", run_dir / "tokenizer.tiktoken")
-        info = {"kind": self.meta["tokenizer"]["kind"], "vocab_size": self.meta["vocab_size"]}
-        (run_dir / "tokenizer.json").write_text(json.dumps(info))
+            files["tokenizer.tiktoken"] = (self.path / "tokenizer.tiktoken").read_text()
+        for name, text in files.items():
+            tmp = run_dir / f".{name}.{os.getpid()}"
+            tmp.write_text(text)
+            os.replace(tmp, run_dir / name)
 
 
 def fingerprint(source: Source, tokenizer: Tokenizer) -> str:
