@@ -241,13 +241,25 @@ class TimedCheckpointIO(_WrappingCheckpointIO):
 
 
 class PhaseTimes(Callback):
-    """Times Trainer.fit's phases on the host (see latentlm.timings); `checkpoint_io` supplies the writes."""
+    """Times Trainer.fit's phases (see latentlm.timings); `checkpoint_io` supplies the writes.
+
+    On a GPU the later steps are timed by CUDA events around each step (the GPU's time from a step's first kernel to
+    its last, with no host synchronisation), since the host runs ahead and would otherwise book the GPU's work to
+    wherever it next waits; the first step and each validation end with one synchronisation, so that their host
+    time holds their GPU work. On a CPU every phase is host time.
+    """
 
     def __init__(self, checkpoint_io: TimedCheckpointIO):
         self.checkpoint_io = checkpoint_io
         self.seconds = dict.fromkeys(("fit_start", "first_step", "steps", "validation", "fit"), 0.0)
         self._fit_t0 = self._t0 = 0.0
         self._first_done = False
+        self._cuda = torch.cuda.is_available()
+        self._step_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def _sync(self) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_t0 = time.perf_counter()
@@ -256,21 +268,35 @@ class PhaseTimes(Callback):
         self._t0 = time.perf_counter()
         if not self._first_done:
             self.seconds["fit_start"] = self._t0 - self._fit_t0
+        elif self._cuda:
+            self._step_events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+            self._step_events[-1][0].record()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Lightning runs checkpoint callbacks after every other callback: a write after this step is not in it
-        self.seconds["steps" if self._first_done else "first_step"] += time.perf_counter() - self._t0
-        self._first_done = True
+        if not self._first_done:
+            self._sync()
+            self.seconds["first_step"] = time.perf_counter() - self._t0
+            self._first_done = True
+        elif self._cuda:
+            self._step_events[-1][1].record()
+        else:
+            self.seconds["steps"] += time.perf_counter() - self._t0
 
     def on_validation_start(self, trainer, pl_module) -> None:
+        self._sync()  # the steps before it are not validation
         self._t0 = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit":
+            self._sync()
             self.seconds["validation"] += time.perf_counter() - self._t0
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        self._sync()
         self.seconds["fit"] = time.perf_counter() - self._fit_t0
+        self.seconds["steps"] += sum(start.elapsed_time(end) for start, end in self._step_events) / 1e3
+        self._step_events.clear()
 
     def phases(self) -> dict[str, float]:
         """fit_start, first_step, steps, validation, checkpoints and between_steps: together the whole of fit."""

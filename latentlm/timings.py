@@ -4,10 +4,10 @@
     setup           train() to Trainer.fit's start: config check, data, model build, FLOP count, trainer, loggers
     fit_start       fit's start to the first step: Lightning's setup, optimizer, data loader start
     first_step      the first training step: compilation (and CUDA-graph capture) plus one step
-    steps           every later training step, host-timed at its ends (the GPU may lag by its launch queue)
+    steps           every later training step: its GPU time on a GPU (CUDA events), its host time on a CPU
     validation      every validation run inside fit (the first one compiles the evaluation graph)
     checkpoints     checkpoint writes, as far as they stall training (a write in a background thread does not)
-    between_steps   the rest of fit: loading batches, logging, Lightning's loop
+    between_steps   the rest of fit: loading batches, logging, Lightning's loop, the GPU idle between steps
     after_fit       the validation after fit where the last one was not at the end, the judge, W&B's finish
     total           train() start to the summary (plus startup for the first job)
 
