@@ -6,6 +6,10 @@ Each variant runs `python -m latentlm.train experiment=bench_train attention=<v>
 summary.json is tabulated: params, tokens/s, ms/step, MFU (against 989.4 TFLOP/s dense bf16 for H100/H200),
 the ratio to a bf16 matmul rate measured here, and peak memory. Without a GPU it runs the CPU twin,
 experiment=bench_train_smoke (the tiny model, 30 steps a variant), unless --experiment says otherwise.
+
+--nanogpt PATH first times nanoGPT's own model.py from a checkout at PATH (kept outside this repository) at the same
+shape and steps, in a process of its own (scripts/bench_nanogpt.py says how); its row comes first, and every
+variant gets its ratio to it.
 """
 
 import argparse
@@ -17,6 +21,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from bench_nanogpt import load_nanogpt
 from benchlib import add_out_argument, run_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,8 +54,15 @@ def main() -> None:
     add_out_argument(parser, "train", "bench_train.json")
     parser.add_argument("--runs", type=Path, default=run_dir("train") / "runs",
                         help="the folder for the training runs (default: logs/bench/train/<time>/runs/)")
+    parser.add_argument("--nanogpt", type=Path, metavar="PATH",
+                        help="a karpathy/nanoGPT checkout: time its model.py at the same shape first, as the reference")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
+    if args.nanogpt is not None:
+        try:
+            load_nanogpt(args.nanogpt)  # a wrong path fails here, in one line, before anything runs
+        except ValueError as err:
+            sys.exit(f"error: {err}")
     if args.experiment is None:
         args.experiment = "bench_train" if torch.cuda.is_available() else "bench_train_smoke"
         if args.experiment == "bench_train_smoke":
@@ -59,6 +71,21 @@ def main() -> None:
 
     matmul = matmul_tflops()
     rows = []
+    if args.nanogpt is not None:
+        ref_dir = (args.runs / "nanogpt").resolve()
+        cmd = [sys.executable, str(REPO / "scripts" / "bench_nanogpt.py"), f"--experiment={args.experiment}",
+               f"--out={ref_dir}", str(args.nanogpt.resolve()), *args.overrides]
+        print("$", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, cwd=REPO, check=True)
+        s = json.loads((ref_dir / "summary.json").read_text())
+        rows.append({
+            "variant": "nanogpt", "rank": None, "params": s["params"], "tokens_per_s": s["tokens_per_s"],
+            "ms_per_step": s["ms_per_step"], "mfu": s["mfu"], "flops_per_token": s["flops_per_token"],
+            "matmul_fraction": s["tokens_per_s"] * s["flops_per_token"] / (matmul * 1e12) if matmul else None,
+            "peak_memory_gib": s["peak_memory_gib"], "kv_elements_per_token": s["kv_elements_per_token"],
+            "device": s["device"], "precision": s["precision"], "nanogpt": s["nanogpt"], "shape": s["shape"],
+            "compiled": s["compiled"], "bias": s["bias"], "fused_adamw": s["fused_adamw"],
+        })
     for variant in args.variants.split(","):
         variant_dir = (args.runs / f"{variant}-r{args.rank}").resolve()  # the runs start in the repo
         cmd = [sys.executable, "-m", "latentlm.train", f"experiment={args.experiment}", f"attention={variant}",
@@ -76,14 +103,21 @@ def main() -> None:
             "device": s["device"], "precision": s["precision"],
         })
     mha = next((r["tokens_per_s"] for r in rows if r["variant"] == "mha"), None)
+    nanogpt = rows[0]["tokens_per_s"] if rows[0]["variant"] == "nanogpt" else None
+    for r in rows[1 if nanogpt else 0:]:
+        r["vs_mha"] = r["tokens_per_s"] / mha if mha else None
+        r["vs_nanogpt"] = r["tokens_per_s"] / nanogpt if nanogpt else None
     print(f"\n{rows[0]['device']}, {rows[0]['precision']}, bf16 matmul measured: "
           f"{matmul:.0f} TFLOP/s\n" if matmul else "\n")
-    print("| variant | params | tokens/s | vs mha | ms/step | MFU | of matmul | GFLOP/token | peak GiB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    if nanogpt:
+        ref = rows[0]["nanogpt"]
+        print(f"nanogpt: {ref['path']} at commit {ref['commit']} (model.py blob {ref['model_py_blob'][:12]})\n")
+    print("| variant | params | tokens/s | vs mha | vs nanogpt | ms/step | MFU | of matmul | GFLOP/token | peak GiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         print(f"| {r['variant']} | {r['params'] / 1e6:.1f}M | {r['tokens_per_s']:,.0f} | "
-              f"{fmt(r['tokens_per_s'] / mha if mha else None, '.2f')} | {r['ms_per_step']:.1f} | "
+              f"{fmt(r.get('vs_mha'), '.2f')} | {fmt(r.get('vs_nanogpt'), '.2f')} | {r['ms_per_step']:.1f} | "
               f"{fmt(r['mfu'], '.1%')} | {fmt(r['matmul_fraction'], '.1%')} | {r['flops_per_token'] / 1e9:.3f} | "
               f"{fmt(r['peak_memory_gib'], '.1f')} |")
     args.out.mkdir(parents=True, exist_ok=True)

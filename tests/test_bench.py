@@ -41,16 +41,108 @@ def test_bench_data_creates_the_out_folder(tmp_path):
     assert result["stories"] == 340 and out.strip().endswith("wrote new/folder/bench_data.json")
 
 
-def test_bench_train_on_a_cpu_runs_its_cpu_twin_into_logs(tmp_path):
-    out = run_script("bench_train.py", "--variants", "mha", "trainer.max_steps=15",
+# A stand-in for a karpathy/nanoGPT checkout, written for this test: nanoGPT's interface (GPTConfig, GPT(config),
+# forward(idx, targets) -> (logits, loss), configure_optimizers) around a toy model, logging what it is given.
+STAND_IN_MODEL = """
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CALLS = Path(__file__).with_name("calls.jsonl")
+
+
+def record(**call):
+    with CALLS.open("a") as f:
+        f.write(json.dumps(call) + "\\n")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 64
+    vocab_size: int = 256
+    n_layer: int = 1
+    n_head: int = 1
+    n_embd: int = 32
+    dropout: float = 0.1
+    bias: bool = True
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.tokens = nn.Embedding(config.vocab_size, config.n_embd)
+        self.positions = nn.Embedding(config.block_size, config.n_embd)
+        self.layers = nn.ModuleList(nn.Linear(config.n_embd, config.n_embd, config.bias) for _ in range(config.n_layer))
+        self.out = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        record(call="GPT", config=asdict(config))
+
+    def forward(self, idx, targets=None):
+        h = self.tokens(idx) + self.positions(torch.arange(idx.size(1), device=idx.device))
+        for layer in self.layers:
+            h = h + torch.tanh(layer(h))
+        logits = self.out(h)
+        if not idx.is_meta:  # the FLOP count runs on the meta device
+            record(call="forward", shape=list(idx.shape))
+        return logits, None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        record(call="configure_optimizers", device_type=device_type)
+        return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas, weight_decay=weight_decay)
+"""
+
+
+def stand_in_nanogpt(path: Path) -> str:
+    """Write the stand-in checkout at `path`, commit it, and return the commit."""
+    path.mkdir()
+    (path / "model.py").write_text(STAND_IN_MODEL)
+    git = ["git", "-C", str(path), "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for args in (["init", "-q"], ["add", "model.py"], ["commit", "-q", "-m", "stand-in"]):
+        subprocess.run([*git, *args], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_bench_train_on_a_cpu_runs_its_cpu_twin_and_the_nanogpt_reference_into_logs(tmp_path):
+    commit = stand_in_nanogpt(tmp_path / "nanoGPT")
+    out = run_script("bench_train.py", "--variants", "mha", "--nanogpt", "nanoGPT", "trainer.max_steps=15",
                      "callbacks.throughput.warmup_steps=5", "callbacks.throughput.window=5", cwd=tmp_path).stdout
     assert out.startswith("no GPU: experiment=bench_train_smoke (model=tiny, 30 steps a variant);")
     run = only_run(tmp_path, "train")
-    (row,) = json.loads((run / "bench_train.json").read_text())["rows"]
+    ref, row = json.loads((run / "bench_train.json").read_text())["rows"]
     assert row["device"] != "cuda" and row["tokens_per_s"] > 0
     assert (run / "runs" / "mha-r0.5" / "summary.json").is_file()
     # tokens/s in whole tokens with thousands separators (a CPU's few thousand read 0.00M before)
-    assert re.search(rf"^\| mha \| [\d.]+M \| {row['tokens_per_s']:,.0f} \| 1.00 \|", out, re.MULTILINE), out
+    assert re.search(rf"^\| mha \| [\d.]+M \| {row['tokens_per_s']:,.0f} \| 1.00 \| "
+                     rf"{row['tokens_per_s'] / ref['tokens_per_s']:.2f} \|", out, re.MULTILINE), out
+
+    # the reference: the stand-in built at the smoke shape (model=tiny, vocab 4096, batch 16), trained for the
+    # same 15 steps, 5 of them warm-up; its row and the ratio to it
+    assert ref["variant"] == "nanogpt" and ref["tokens_per_s"] > 0 and row["vs_nanogpt"] > 0
+    assert ref["nanogpt"]["path"] == "nanoGPT" and ref["nanogpt"]["commit"] == commit
+    calls = [json.loads(line) for line in (tmp_path / "nanoGPT" / "calls.jsonl").read_text().splitlines()]
+    tiny = {"block_size": 128, "vocab_size": 4096, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0,
+            "bias": False}
+    assert [c["config"] for c in calls if c["call"] == "GPT"] == [tiny, tiny]  # meta copy (FLOPs), trained one
+    assert [c for c in calls if c["call"] == "configure_optimizers"] == [{"call": "configure_optimizers",
+                                                                          "device_type": "cpu"}]
+    assert [c["shape"] for c in calls if c["call"] == "forward"] == [[16, 128]] * 15
+    assert ref["shape"]["warmup_steps"] == 5 and ref["shape"]["timed_steps"] == 10
+    assert re.search(rf"^\| nanogpt \| [\d.]+M \| {ref['tokens_per_s']:,.0f} \| - \| - \|", out, re.MULTILINE)
+
+
+def test_bench_train_nanogpt_path_errors_are_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "model.py").write_text("class GPT:\n    pass\n")
+    for path, says in (("empty", "no model.py there"), ("other", "has no GPTConfig")):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_train.py"), "--nanogpt", path],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""})
+        assert proc.returncode == 1 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not (tmp_path / "logs").exists()  # nothing ran
 
 
 def test_bench_decode_on_a_cpu_is_cpu_sized_and_writes_into_logs(tmp_path):
