@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install train test lint results paper bench-data bench-train bench-decode wheelhouse clean
+.PHONY: install train test lint results sweep paper zoo bench-data bench-train bench-decode wheelhouse clean
 
 install: $(STAMP)
 
@@ -37,16 +37,28 @@ test-gpu:
 results: $(STAMP)
 	$(PY) -m latentlm.report docs/results --out docs/results.md
 
-# The MLA small-LM paper's table on a GPU (about 25 minutes on one H100/H200): trains experiment=paper_mla, keeps
-# each trained run's summary in docs/results/paper_mla/runs/ (replacing the committed ones), then `make results`.
-SWEEP ?= $(shell date +%Y-%m-%d_%H-%M-%S)
-paper: $(STAMP)
-	$(PY) -m latentlm.train -m experiment=paper_mla sweep_id=$(SWEEP) $(ARGS)
-	rm -rf docs/results/paper_mla/runs && mkdir -p docs/results/paper_mla/runs
-	for run in logs/paper_mla/multiruns/$(SWEEP)/*/; do \
-	  grep -q '"status": "skipped"' $$run/summary.json || cp $$run/summary.json docs/results/paper_mla/runs/$$(basename $$run).json; \
+# An experiment's table on a GPU: trains `experiment=$(EXPERIMENT)` as one sweep, keeps each trained run's summary
+# in docs/results/$(EXPERIMENT)/runs/ (replacing the committed ones), then `make results`. `make paper` is the MLA
+# small-LM paper's table (paper_mla, about 25 minutes on one H100/H200); `make zoo` every attention variant.
+# SWEEP is fixed once (":="), so the sweep and the copy that follows name the same folder.
+ifndef SWEEP
+SWEEP := $(shell date +%Y-%m-%d_%H-%M-%S)
+endif
+export SWEEP
+EXPERIMENT ?= paper_mla
+sweep: $(STAMP)
+	$(PY) -m latentlm.train -m experiment=$(EXPERIMENT) sweep_id=$(SWEEP) $(ARGS)
+	rm -rf docs/results/$(EXPERIMENT)/runs && mkdir -p docs/results/$(EXPERIMENT)/runs
+	for run in logs/$(EXPERIMENT)/multiruns/$(SWEEP)/*/; do \
+	  grep -q '"status": "skipped"' $$run/summary.json || cp $$run/summary.json docs/results/$(EXPERIMENT)/runs/$$(basename $$run).json; \
 	done
 	$(MAKE) results
+
+paper:
+	$(MAKE) sweep EXPERIMENT=paper_mla
+
+zoo:
+	$(MAKE) sweep EXPERIMENT=zoo
 
 # Benchmarks print a table and write JSON (and plots) into logs/bench/<name>/<time>/; ARGS="--out docs/" replaces
 # the committed results. bench-train and bench-decode are meant for a GPU and pick CPU-sized defaults on a CPU.

@@ -186,20 +186,14 @@ def experiment_section(folder: Path, results_md: Path, metric: str = "final") ->
 
 
 def reproduce_section(experiments: Sequence[str]) -> str:
-    commands = []
-    for name in experiments:
-        commands += [
-            f"python -m latentlm.train -m experiment={name}",
-            f"mkdir -p docs/results/{name}/runs",
-            f"for run in logs/{name}/multiruns/<sweep_id>/*/; do",
-            f'  cp "$run/summary.json" "docs/results/{name}/runs/$(basename "$run").json"',
-            "done",
-        ]
+    commands = [f"make sweep EXPERIMENT={name}" for name in experiments]
     return (
         "## How to reproduce\n\n"
-        "Train each experiment's sweep, copy its runs' summaries into `docs/results/<experiment>/runs/` and "
-        "regenerate this file (and each experiment's compare.md, compare.json and plots):\n\n"
-        "```bash\n" + "\n".join(commands) + "\nmake results\n```\n"
+        "On a GPU, each command trains an experiment's sweep (`python -m latentlm.train -m experiment=<name>`), copies "
+        "the summaries of its trained runs into `docs/results/<name>/runs/` (replacing the committed ones) and "
+        "regenerates this file (and each experiment's compare.md, compare.json and plots); `make results` alone "
+        "regenerates it from the committed summaries:\n\n"
+        "```bash\n" + "\n".join(commands) + "\n```\n"
     )
 
 

@@ -432,7 +432,7 @@ def test_report_sections_claims_and_links(results):
         "- `mla_rope`: the mean val loss falls as the rank grows (d/4: 2.3100, d/2: 2.1300, 0.75d: 2.0600); the 95% "
         "intervals overlap between d/4 and d/2, d/2 and 0.75d, so those steps are not resolved.",
     ]
-    assert "python -m latentlm.train -m experiment=paper_mla\n" in text and "make results\n" in text
+    assert "make sweep EXPERIMENT=paper_mla\n" in text and "`make results` alone regenerates it" in text
 
 
 def test_report_needs_runs(tmp_path, capsys):
