@@ -1,8 +1,9 @@
-"""The FLOPs behind MFU: train_flops_per_token against matmul FLOPs counted by hand."""
+"""The FLOPs behind MFU: train_flops_per_token against matmul FLOPs counted by hand; the phase timer on a GPU."""
 
 from functools import partial
 
 import pytest
+import torch
 from test_attention import attention_cfg
 
 from latentlm.callbacks import train_flops_per_token
@@ -31,3 +32,26 @@ def forward_flops_per_token(name: str) -> int:
 def test_train_flops_per_token_is_three_forwards_of_matmuls(name):
     build = partial(GPT, VOCAB, D, LAYERS, H, T, attention_cfg(name, rank=0.5))
     assert train_flops_per_token(build, T) == 3 * forward_flops_per_token(name)  # backward = 2 x forward
+
+
+@pytest.mark.gpu
+def test_phase_times_take_the_steps_gpu_time_from_cuda_events():
+    """Each step enqueues ~the same GPU work and returns at once; the first step waits for its work (one sync), the
+    later ones are timed by CUDA events: together they must hold about three times the first step's time, where host
+    timing would hold almost nothing."""
+    from types import SimpleNamespace
+
+    from latentlm.callbacks import PhaseTimes, TimedCheckpointIO
+
+    trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"))
+    timer = PhaseTimes(TimedCheckpointIO())
+    torch.cuda._sleep(1000)  # the CUDA context exists before timing starts
+    torch.cuda.synchronize()
+    timer.on_fit_start(trainer, None)
+    for step in range(4):
+        timer.on_train_batch_start(trainer, None, None, step)
+        torch.cuda._sleep(20_000_000)  # GPU busy for ~10 ms; the host goes on at once
+        timer.on_train_batch_end(trainer, None, None, None, step)
+    timer.on_fit_end(trainer, None)
+    phases = timer.phases()
+    assert 2.0 < phases["steps"] / phases["first_step"] < 4.0
