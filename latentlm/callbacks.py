@@ -239,6 +239,9 @@ class TimedCheckpointIO(_WrappingCheckpointIO):
     def remove_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         self.checkpoint_io.remove_checkpoint(*args, **kwargs)
 
+    def teardown(self) -> None:  # an AsyncCheckpointIO inside finishes its writes here
+        self.checkpoint_io.teardown()
+
 
 class PhaseTimes(Callback):
     """Times Trainer.fit's phases (see latentlm.timings); `checkpoint_io` supplies the writes.

@@ -63,6 +63,8 @@ GROUP_KEY_IGNORES = (
     "callbacks",  # checkpoints, throughput, judge samples: they watch training and do not change it
     "compile",
     "compile_mode",
+    "compile_validation",  # where validation runs, as compile: rounding, not training
+    "async_checkpoints",  # when checkpoints are written
     "trainer.log_every_n_steps",
     "trainer.default_root_dir",
     "trainer.accelerator",

@@ -29,15 +29,18 @@ class LitGPT(L.LightningModule):
         label_smoothing: float = 0.1,
         tokenizer: dict[str, Any] | None = None,
         compile_mode: str | None = None,
+        compile_validation: bool = True,
     ):
         """Built from the train config's `module` node. `model`: a model config (configs/model/), GPT's keyword
         arguments but vocab_size. `optimizer`: a `_partial_` torch.optim config (configs/optimizer/).
         `scheduler`: a `_partial_` schedule config (configs/scheduler/, latentlm.schedules) without total_steps,
         which is trainer.max_steps. `tokenizer`: the run's tokenizer (latentlm.data.tokenizer.run_tokenizer), kept
         so a checkpoint decodes text on its own. `compile_mode` is how this process trains, not part of the model:
-        it is not saved, and a loaded module runs eagerly."""
+        it is not saved, and a loaded module runs eagerly; `compile_validation` false leaves validation eager (no
+        evaluation graph to compile, nor to recompile for a last, smaller batch)."""
         super().__init__()
-        self.save_hyperparameters(ignore=["compile_mode"], logger=False)  # train.py logs the whole config
+        # train.py logs the whole config; how this process compiles is not part of the model
+        self.save_hyperparameters(ignore=["compile_mode", "compile_validation"], logger=False)
         model = dict(model)
         target = model.pop("_target_", "latentlm.model.GPT")  # checkpoints from before `module` have none
         model.pop("_recursive_", None)  # GPT builds its attention layers itself
@@ -53,7 +56,8 @@ class LitGPT(L.LightningModule):
             # Compiling bound methods (not the module) keeps parameter names, and checkpoints, those of the plain
             # model. torch.compile is lazy: nothing is compiled before the first step, on whatever device.
             self._train_loss = torch.compile(self._train_loss, mode=compile_mode)
-            self._val_metrics = torch.compile(self._val_metrics, mode=compile_mode)
+            if compile_validation:
+                self._val_metrics = torch.compile(self._val_metrics, mode=compile_mode)
 
     def _logits(self, x: Tensor) -> Tensor:
         """Logits over the real vocab (B * T, V) in fp32 for the losses."""

@@ -95,6 +95,7 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
     phase, see latentlm.timings) with `started` (perf_counter) as the start of set-up."""
     import lightning as L
     import torch
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
     from latentlm.callbacks import (
         PhaseTimes,
@@ -133,7 +134,7 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
         # than the first, and on an H200 that recompilation under CUDA graphs segfaulted.
         torch._dynamo.reset()
     module = instantiate(cfg.module, vocab_size=datamodule.vocab_size, tokenizer=run_tokenizer(out_dir),
-                         compile_mode=compile_mode, _convert_="all")
+                         compile_mode=compile_mode, compile_validation=cfg.compile_validation, _convert_="all")
     net = module.net
     log.info(
         "model: %s, attention=%s rank=%s: %s parameters (%s non-embedding), KV cache %d elements/token",
@@ -166,7 +167,8 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
         keep_csv_rows(loggers, before_step=step)
     elif cfg.ckpt_path:
         log.info("resuming %s in a new run folder %s", cfg.ckpt_path, out_dir)
-    checkpoint_io = TimedCheckpointIO()
+    # A background thread writes the checkpoints when async_checkpoints is set; training waits only for the hand-off.
+    checkpoint_io = TimedCheckpointIO(AsyncCheckpointIO(TorchCheckpointIO()) if cfg.async_checkpoints else None)
     phase_times = PhaseTimes(checkpoint_io)
     trainer = instantiate(
         trainer_cfg, callbacks=[*callbacks, phase_times], logger=loggers, enable_progress_bar=interactive,

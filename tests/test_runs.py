@@ -199,3 +199,29 @@ def test_a_run_resumed_from_its_own_checkpoint_goes_on_in_its_folder(smoke_run, 
                      check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: trainer.max_steps=40")
     assert summary(run_dir) == before
+
+
+def test_async_checkpoints_are_whole_when_the_run_ends(data_root, tmp_path):
+    """async_checkpoints=true: a background thread writes them; by the summary every checkpoint is complete."""
+    run_dir = tmp_path / "run"
+    run_train("experiment=smoke", "async_checkpoints=true", "trainer.max_steps=10", "trainer.val_check_interval=5",
+              f"hydra.run.dir={run_dir}", root=data_root)
+    assert summary(run_dir)["status"] == "ok"
+    for name in ("best.ckpt", "last.ckpt"):
+        ckpt = torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=False)
+        assert "state_dict" in ckpt and "optimizer_states" in ckpt
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 10
+
+
+def test_compile_validation_false_leaves_validation_eager():
+    from hydra.utils import instantiate
+
+    from latentlm.config import compose_train
+
+    cfg = compose_train(["experiment=smoke"])
+    compiled = instantiate(cfg.module, vocab_size=384, compile_mode="default", _convert_="all")
+    eager_val = instantiate(cfg.module, vocab_size=384, compile_mode="default", compile_validation=False,
+                            _convert_="all")
+    plain = type(compiled._train_loss)  # what torch.compile returns for a bound method
+    assert type(compiled._val_metrics) is plain and type(eager_val._train_loss) is plain
+    assert eager_val._val_metrics.__func__ is type(eager_val)._val_metrics  # the method itself, not compiled
