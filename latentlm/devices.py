@@ -1,5 +1,5 @@
-"""Which devices a job trains on: the trainer's request checked against the machine before any work, and one GPU
-for each worker process when a sweep runs its jobs in parallel processes (hydra/launcher=gpus)."""
+"""Which devices a job trains on: the trainer's request checked against the machine before any work, and a GPU for
+each worker process when a sweep runs its jobs in parallel processes (hydra/launcher=gpus)."""
 
 import fcntl
 from pathlib import Path
@@ -27,22 +27,23 @@ def check_trainer_devices(trainer: dict[str, Any], gpus: int) -> None:
         raise ConfigError(f"trainer.devices={devices} asks for {wanted} GPUs; this machine has {gpus}")
 
 
-def claim_gpu(sweep_dir: Path, gpus: int) -> int:
-    """The GPU of this worker process in a sweep whose jobs run in parallel processes: the first of `gpus` whose
-    lock file in the sweep dir no other live process holds. The lock lasts as long as the process, so a worker
-    keeps its GPU for every job it runs, and a GPU is free again when its worker ends."""
+def claim_gpu(sweep_dir: Path, gpus: int, workers: int) -> int:
+    """The GPU of this worker process in a sweep whose `workers` jobs run at once in parallel processes: the worker
+    takes the first of `workers` slots whose lock file in the sweep dir no other live process holds, and slot s
+    trains on GPU s mod `gpus` (more workers than GPUs share them evenly). The lock lasts as long as the process, so
+    a worker keeps its GPU for every job it runs, and a slot is free again when its worker ends."""
     sweep_dir = Path(sweep_dir).resolve()
     if sweep_dir in _held:
         return _held[sweep_dir][0]
     locks = sweep_dir / ".gpus"
     locks.mkdir(parents=True, exist_ok=True)
-    for index in range(gpus):
-        lock = open(locks / f"{index}.lock", "w")  # noqa: SIM115 (held open: the lock lives with the file)
+    for slot in range(max(workers, gpus)):
+        lock = open(locks / f"{slot}.lock", "w")  # noqa: SIM115 (held open: the lock lives with the file)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
             continue
-        _held[sweep_dir] = (index, lock)
-        return index
-    raise ConfigError(f"hydra.launcher.n_jobs is more than the {gpus} GPUs of this machine: one job a GPU at a time")
+        _held[sweep_dir] = (slot % gpus, lock)
+        return slot % gpus
+    raise ConfigError(f"more worker processes than hydra.launcher.n_jobs={workers} claim a GPU in {sweep_dir}")

@@ -118,7 +118,8 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_trainer_devices(trainer_cfg, torch.cuda.device_count())
     if _jobs_in_parallel_processes() and torch.cuda.device_count() > 1:
-        gpu = claim_gpu(Path(HydraConfig.get().sweep.dir), torch.cuda.device_count())
+        hydra_cfg = HydraConfig.get()
+        gpu = claim_gpu(Path(hydra_cfg.sweep.dir), torch.cuda.device_count(), hydra_cfg.launcher.n_jobs)
         torch.cuda.set_device(gpu)  # this worker's GPU, also for the judge after fit
         trainer_cfg["devices"] = [gpu]
         log.info("this worker process trains its sweep jobs on GPU %d", gpu)

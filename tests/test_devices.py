@@ -37,26 +37,26 @@ def test_requests_the_machine_meets_pass(trainer, gpus):
 
 
 def test_each_worker_process_claims_a_gpu_of_its_own(tmp_path):
-    """Three processes at once on a 2-GPU machine: two get GPUs 0 and 1 and hold them; the third gets the one-line
-    error. A fourth, started after they end, gets GPU 0 again."""
+    """Four workers of a sweep with n_jobs=4 at once on a 2-GPU machine: they share the GPUs two and two; a fifth
+    process gets the one-line error. One started after they end gets a GPU again."""
     code = (
         "import sys, time; from latentlm.devices import claim_gpu\n"
-        "try:\n    print(claim_gpu(sys.argv[1], 2), flush=True)\nexcept ValueError as e:\n    print(e, flush=True)\n"
+        "try:\n    print(claim_gpu(sys.argv[1], 2, 4), flush=True)\nexcept ValueError as e:\n    print(e, flush=True)\n"
         "time.sleep(3)\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]
+             for _ in range(5)]
     answers = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
-    too_many = "hydra.launcher.n_jobs is more than the 2 GPUs of this machine: one job a GPU at a time"
-    assert answers == ["0", "1", too_many]
+    too_many = f"more worker processes than hydra.launcher.n_jobs=4 claim a GPU in {tmp_path.resolve()}"
+    assert answers == ["0", "0", "1", "1", too_many]
     again = subprocess.run([sys.executable, "-c", code.replace("time.sleep(3)", ""), str(tmp_path)], cwd=REPO,
                            capture_output=True, text=True, timeout=60)
     assert again.stdout.strip() == "0"
 
 
 def test_a_worker_keeps_its_gpu_for_every_job(tmp_path):
-    first = devices.claim_gpu(tmp_path, 2)
-    assert devices.claim_gpu(tmp_path, 2) == first
+    first = devices.claim_gpu(tmp_path, 2, 2)
+    assert devices.claim_gpu(tmp_path, 2, 2) == first
 
 
 @pytest.mark.parametrize("launcher", ["gpus", "submitit_local"])
