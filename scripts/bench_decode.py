@@ -47,6 +47,11 @@ def parse_variant(variant: str, default_rank: float) -> tuple[str, float, str]:
     return name, float(rank) if rank else default_rank, path or ""
 
 
+def is_latent(name: str) -> bool:
+    """A latent variant has a rank (the project's one rule, latentlm.model.attention) and an absorbed decode path."""
+    return "rank" in compose_train([f"attention={name}"]).attention
+
+
 def build(variant: str, model: str, default_rank: float, max_len: int, device: str, dtype: torch.dtype) -> GPT:
     name, rank, path = parse_variant(variant, default_rank)
     cfg = compose_train([f"model={model}", f"attention={name}", f"rank={rank}", f"model.block_size={max_len}"])
@@ -196,20 +201,24 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     budget = args.budget_gib * 2**30
     compile_step = device == "cuda" if args.compile is None else args.compile
-    latent = ("mla", "mlra")
     specs = args.variants.split(",")
+    latent = {}
     for v in specs:  # a bad spec fails before any work
         try:
-            parse_variant(v, args.rank)
+            name, _, path = parse_variant(v, args.rank)
         except ValueError as err:
             parser.error(str(err))
-    variants = [v if ":" in v or not v.startswith(latent) else f"{v}:absorbed" for v in specs]
+        latent[v] = is_latent(name)
+        if path and not latent[v]:
+            parser.error(f"variant {v}: only a latent variant (one with a rank) decodes naive or absorbed")
+    variants = [v if ":" in v or not latent[v] else f"{v}:absorbed" for v in specs]
     rows, summary = [], []
     out = args.out / "bench_decode.json"
     if args.append and out.is_file():  # keep the other variants of an earlier run (same device and settings)
         earlier = json.loads(out.read_text())
         summary = [s for s in earlier["summary"] if s["variant"] not in variants]
         rows = [r for r in earlier["rows"] if r["variant"] not in variants]
+
     def save() -> None:
         """Written after every variant, so a crash or a timeout keeps what was measured."""
         args.out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +233,8 @@ def main() -> None:
         step_fn = torch.compile(net, dynamic=True) if compile_step else net
         per_token = net.kv_cache_elements() * dtype.itemsize
         measured = measured_bytes_per_token(net, device, dtype)
-        rank = parse_variant(variant, args.rank)[1] if variant.startswith(latent) else None
+        name, rank, _ = parse_variant(variant, args.rank)
+        rank = rank if is_latent(name) else None
         info = {"variant": variant, "rank": rank, "bytes_per_token": per_token, "measured_bytes_per_token": measured,
                 "max_tokens_in_budget": int(budget // per_token), "params": net.num_params()}
         if device == "cuda":

@@ -146,14 +146,25 @@ def test_bench_train_nanogpt_path_errors_are_one_line(tmp_path):
 
 
 def test_bench_decode_on_a_cpu_is_cpu_sized_and_writes_into_logs(tmp_path):
-    proc = run_script("bench_decode.py", "--variants", "mha,mla_rope", "--contexts", "16,32", "--iters", "2",
+    proc = run_script("bench_decode.py", "--variants", "mha,gla2,gta", "--contexts", "16,32", "--iters", "2",
                       cwd=tmp_path)
     assert proc.stdout.startswith("no GPU: --model tiny --contexts 16,32 --batches 1,8 (a CPU-sized benchmark;")
     run = only_run(tmp_path, "decode")
     result = json.loads((run / "bench_decode.json").read_text())
-    assert result["model"] == "tiny" and len(result["rows"]) == 2 * 2 * 2  # variants x contexts x batches
+    assert result["model"] == "tiny" and len(result["rows"]) == 3 * 2 * 2  # variants x contexts x batches
+    # a variant with a rank is latent: it decodes absorbed by default and records its rank
+    assert [(s["variant"], s["rank"]) for s in result["summary"]] == [("mha", None), ("gla2:absorbed", 0.5),
+                                                                       ("gta", None)]
     assert (run / "decode_tokens_per_s.png").is_file() and (run / "decode_cache_bytes.png").is_file()
     assert "No artists" not in proc.stderr  # the tokens/s plot is drawn at a batch that was measured
+
+
+def test_bench_decode_decodes_naive_only_latent_variants(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_decode.py"), "--variants", "mha,gta:naive"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 2
+    assert "variant gta:naive: only a latent variant (one with a rank) decodes naive or absorbed" in proc.stderr
 
 
 def test_bench_tp_decode_on_a_cpu_is_a_gloo_smoke_into_logs(tmp_path):
