@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -54,6 +55,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     timings: dict[str, float] = {"startup": (process_age_s() or 0.0) if _first_job else 0.0}
     _first_job = False
     validate(cfg)
+    # torch.compile's on-disk caches (Inductor's and AOTAutograd's graphs, Triton's kernels) in one folder, so a model
+    # compiled before, by any job of any sweep launched here, compiles from them. Set before torch is imported,
+    # which fixes the folder; a user's TORCHINDUCTOR_CACHE_DIR wins.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cfg.paths.compile_cache_dir).resolve()))
     # torch and Lightning take seconds to import: only once the config is valid, so bad input fails fast.
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -130,7 +135,7 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
     build_net = partial(instantiate, cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
     compile_mode = cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
     if compile_mode is not None:
-        # Every job of a sweep compiles from scratch. Otherwise torch.compile, seeing a second model of other
+        # Every job of a sweep traces from scratch. Otherwise torch.compile, seeing a second model of other
         # sizes in the same process, marks them dynamic: later jobs would train with other (symbolic-shape) kernels
         # than the first, and on an H200 that recompilation under CUDA graphs segfaulted.
         torch._dynamo.reset()

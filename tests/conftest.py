@@ -26,7 +26,8 @@ def run_train(
     """Run `python -m latentlm.train` as a user would, with data and logs under `root`."""
     flags = [a for a in overrides if a.startswith("-")]  # Hydra wants -m before the overrides
     overrides = tuple(a for a in overrides if not a.startswith("-"))
-    environment = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    # torch, imported here, sets TORCHINDUCTOR_CACHE_DIR to its default: a user's command starts without it
+    environment = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "TORCHINDUCTOR_CACHE_DIR")}
     environment.update({"WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})})
     proc = subprocess.run(
         [sys.executable, "-m", "latentlm.train", *flags, f"paths.root_dir={root}", *overrides],

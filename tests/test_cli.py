@@ -128,6 +128,7 @@ def test_compiled_training_matches_eager(compiled_run, data_root, tmp_path):
     run_train(*SHORT_RUN, "compile=false", f"hydra.run.dir={eager}", root=data_root)
     finals = {run: json.loads((run / "summary.json").read_text())["val_loss_final"] for run in (compiled_run, eager)}
     assert finals[compiled_run] == pytest.approx(finals[eager], rel=1e-4)
+    assert any((data_root / ".cache" / "compile").rglob("*"))  # the compiled graphs went to paths.compile_cache_dir
 
 
 @pytest.mark.gpu
