@@ -69,3 +69,11 @@ def test_a_sweep_runs_through_each_launcher(launcher, data_root, tmp_path):
               "trainer.val_check_interval=3", f"hydra.sweep.dir={sweep}", root=data_root, timeout=300)
     summaries = [json.loads((sweep / job / "summary.json").read_text()) for job in ("0", "1")]
     assert [(s["status"], s["seed"], s["steps"]) for s in summaries] == [("ok", 0, 3), ("ok", 1, 3)]
+
+
+def test_the_slurm_launcher_asks_one_gpu_a_job():
+    from latentlm.config import compose_train
+
+    launcher = compose_train(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], hydra_config=True).hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (1, 1, 1)
