@@ -5,6 +5,7 @@ copied from its run dir) becomes one section of the report:
 - `intro.md` from that folder, verbatim: the hand-written context (the paper, its claims), kept out of code;
 - the setup, read from the runs' resolved configs and summaries;
 - compare's tables and plots (compare.md, compare.json and the PNGs are rewritten in the experiment folder);
+- decode speed, where the folder holds a `bench_decode.json` of its variants (scripts/bench_decode.py --out <folder>);
 - claims generated from the numbers, each with its n, its 95% interval and whether the interval holds 0.
 """
 
@@ -38,6 +39,7 @@ from latentlm.compare import (
 from latentlm.config import fail
 
 INTRO = "intro.md"  # optional, beside runs/
+DECODE = "bench_decode.json"  # optional, beside runs/: scripts/bench_decode.py's output for these variants
 SETUP_KEYS = (  # resolved-config settings shown under Setup (the group headers name any other that differs)
     "model.d_model",
     "model.n_layer",
@@ -162,6 +164,30 @@ def rank_claims(comparison: Comparison) -> list[str]:
     return claims
 
 
+def decode_table(bench: dict[str, Any]) -> str:
+    """Decode tokens/s of each variant a bench_decode.json measured, at each (batch, context), and its ratio to the
+    twin's where the twin was measured in the same call."""
+    from latentlm.config import compose_train
+
+    rows = [r for r in bench["rows"] if "tokens_per_s" in r]
+    cells = sorted({(r["batch"], r["context"]) for r in rows})
+    rate = {(r["variant"], r["batch"], r["context"]): r["tokens_per_s"] for r in rows}
+    names = {s["variant"]: s["variant"].split("@")[0].split(":")[0] for s in bench["summary"]}
+    twins = {v: compose_train([f"attention={name}"]).attention.get("twin") for v, name in names.items()}
+    measured = {name: v for v, name in names.items() if "@" not in v}  # the twin's own row (no rank of its own)
+    header = "| variant | KV bytes/token | " + " | ".join(f"b{b} x {c:,}" for b, c in cells) + " |"
+    lines = [f"Decode tokens/s ({bench['gpu'] or bench['device']}, {bench['date']}, `{bench['command']}`; the ratio "
+             "to the twin in the same call in brackets):\n", header, "|---|---|" + "---|" * len(cells)]
+    for s in bench["summary"]:
+        v, twin = s["variant"], measured.get(twins[s["variant"]] or "")
+        out = []
+        for b, c in cells:
+            own, base = rate.get((v, b, c)), rate.get((twin, b, c)) if twin else None
+            out.append("–" if own is None else f"{own:,.0f}" + (f" ({own / base:.2f}x)" if base else ""))
+        lines.append(f"| {v} | {s['bytes_per_token']:,} | " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def experiment_section(folder: Path, results_md: Path, metric: str = "final") -> str:
     """The report's section on the runs in `folder`/runs; writes compare's tables and plots into `folder`."""
     comparison = compare([str(folder / "runs")], metric)
@@ -180,6 +206,8 @@ def experiment_section(folder: Path, results_md: Path, metric: str = "final") ->
             f"![Validation loss against step, mean ± 95% CI over seeds]({link[CURVES_PNG]})\n",
             f"![Validation loss against KV-cache bytes per token, mean ± 95% CI, Pareto front]({link[PARETO_PNG]})\n",
         ]
+    if (folder / DECODE).is_file():
+        parts += ["### Decode speed\n", decode_table(json.loads((folder / DECODE).read_text()))]
     claims = twin_claims(comparison) + rank_claims(comparison)
     parts += ["### Claims\n", "".join(f"- {claim}\n" for claim in claims) or "No variant has a twin here.\n"]
     return "\n".join(parts)

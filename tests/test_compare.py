@@ -682,3 +682,24 @@ def test_wandb_summary_holds_the_run_summary(wandb_sweep):
         assert state["summary"][key] == pytest.approx(summary[key]), key
     kv_bytes = state["summary"]["kv_cache"]["bytes_per_token_bf16"]
     assert kv_bytes == summary["kv_cache"]["bytes_per_token_bf16"] == 2 * 48
+
+
+def test_report_tables_decode_speed_against_the_twin_measured_in_the_same_call():
+    bench = {
+        "gpu": "H200", "device": "cuda", "date": "2026-12-01", "command": "bench_decode.py --batches 64",
+        "summary": [{"variant": v, "bytes_per_token": b} for v, b in
+                    (("mha_rope", 16384), ("mla_rope:absorbed", 4608), ("mla_rope@1.0:absorbed", 8704), ("gta", 2560))],
+        "rows": [{"variant": "mha_rope", "batch": 64, "context": 4096, "tokens_per_s": 50000.0},
+                 {"variant": "mla_rope:absorbed", "batch": 64, "context": 4096, "tokens_per_s": 85000.0},
+                 {"variant": "mla_rope@1.0:absorbed", "batch": 64, "context": 4096, "tokens_per_s": 51000.0},
+                 {"variant": "gta", "batch": 64, "context": 4096, "skipped": "over budget"}],
+    }
+    lines = report.decode_table(bench).splitlines()
+    assert lines[2:] == [
+        "| variant | KV bytes/token | b64 x 4,096 |",
+        "|---|---|---|",
+        "| mha_rope | 16,384 | 50,000 |",  # a baseline: no twin
+        "| mla_rope:absorbed | 4,608 | 85,000 (1.70x) |",
+        "| mla_rope@1.0:absorbed | 8,704 | 51,000 (1.02x) |",
+        "| gta | 2,560 | – |",  # not measured
+    ]
