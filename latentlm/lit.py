@@ -91,7 +91,8 @@ class LitGPT(L.LightningModule):
         # The sums are over every rank's tokens, so every rank has these values: sync_dist only tells Lightning so.
         self.log_dict({"val/loss": loss, "val/ppl": loss.exp(), "val/acc": acc}, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
-            self.val_history.append({"step": self.global_step, "val_loss": loss.item(), "val_acc": acc.item()})
+            self.val_history.append({"step": self.global_step, "val_loss": loss.item(), "val_acc": acc.item(),
+                                     "val_tokens": int(tokens.item())})  # every rank's: each token counted once
         for metric in (self.val_loss_sum, self.val_correct, self.val_tokens):
             metric.reset()
 

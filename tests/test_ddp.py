@@ -36,13 +36,27 @@ def test_a_resumed_rank_goes_on_from_the_global_batch_it_stopped_at():
     assert batches(100, 8, skip=5) == batches(100, 8)[5:]
 
 
+@pytest.mark.parametrize("size", [7, 8])
+def test_validation_ranks_see_every_window_once(size):
+    """Two ranks split the validation windows without repeating any, also when their number is odd."""
+    from latentlm.data.datamodule import SplitSampler
+
+    parts = [list(SplitSampler(size, num_replicas=2, rank=r)) for r in range(2)]
+    assert sorted(parts[0] + parts[1]) == list(range(size))
+    assert [len(SplitSampler(size, 2, r)) for r in range(2)] == [len(p) for p in parts]
+    assert list(SplitSampler(size)) == list(range(size))  # one process: every window, in order
+
+
 def test_ddp_on_two_cpu_processes_trains_as_one_process_of_their_batch(data_root, tmp_path):
     """`trainer=ddp` on 2 gloo processes with batch 4 against 1 process with batch 8, same seed: the same windows
     a step, so the same losses up to float32 rounding. The gradients differ only in how the sum is ordered (each
     rank's mean, then the all-reduce mean), about 1e-7 relative; 20 steps left the logged losses within 1e-7 of
     each other. The tolerance, 1e-5, is far below what other windows give: another shuffle seed moves the losses by
     about 1e-2 (2e-3 relative)."""
-    common = ("experiment=smoke", "trainer.max_steps=20", f"paths.log_dir={tmp_path}/logs")
+    # Validation over the whole split, 595 windows of 31 tokens (an odd number): the ranks split them without
+    # repeating one (SplitSampler; a padding sampler would count one twice, 2e-4 relative off on its own).
+    common = ("experiment=smoke", "trainer.max_steps=20", "trainer.limit_val_batches=1.0", "data.seq_len=31",
+              f"paths.log_dir={tmp_path}/logs")
     run_train(*common, "data.batch_size=8", f"hydra.run.dir={tmp_path}/one", root=data_root)
     run_train(*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4",
               root=data_root, timeout=180)
@@ -55,9 +69,12 @@ def test_ddp_on_two_cpu_processes_trains_as_one_process_of_their_batch(data_root
         assert [s for s, _ in a] == [s for s, _ in b] and len(a) >= 2, key
         assert [v for _, v in b] == pytest.approx([v for _, v in a], rel=1e-5), key
     result = json.loads((ddp / "summary.json").read_text())
-    assert result["status"] == "ok" and result["tokens"] == 20 * 8 * 32  # steps x global batch x seq_len
-    assert result["val_loss_final"] == pytest.approx(json.loads((one / "summary.json").read_text())["val_loss_final"],
-                                                     rel=1e-5)
+    assert result["status"] == "ok" and result["tokens"] == 20 * 8 * 31  # steps x global batch x seq_len
+    single = json.loads((one / "summary.json").read_text())
+    assert result["val_loss_final"] == pytest.approx(single["val_loss_final"], rel=1e-5)
+    # every validation window counted once over the ranks: 595 x 31 tokens, as in one process
+    assert [h["val_tokens"] for h in result["val_history"]] == [h["val_tokens"] for h in single["val_history"]]
+    assert single["val_history"][-1]["val_tokens"] == 595 * 31
 
 
 def test_a_sweep_on_several_launched_processes_is_one_line(data_root, tmp_path):

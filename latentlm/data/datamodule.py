@@ -69,6 +69,22 @@ class StepSampler(DistributedSampler):
         return iter(order[start:end][self.rank :: self.num_replicas].tolist())
 
 
+class SplitSampler(DistributedSampler):
+    """Every validation window once over all ranks, in order and without padding: rank r takes windows r, r + W,
+    r + 2W, ... torch's DistributedSampler, which Lightning would put here, pads the ranks to equal lengths by
+    repeating windows, which val/loss would count twice. A rank may get one batch fewer than another, which
+    validation allows: its sums are reduced over the ranks once, at the end. One rank: every window in order."""
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+
 class TokenDataModule(L.LightningDataModule):
     """Builds (or reuses) the token cache of a source of documents and a tokenizer, and serves train/val batches.
 
@@ -127,12 +143,13 @@ class TokenDataModule(L.LightningDataModule):
         return self.cache.meta["splits"]["val"].get("entropy_floor")
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        sampler = None
-        if shuffle:  # validation keeps a plain order, which Lightning splits over the ranks with a DistributedSampler
-            ranks, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        ranks, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        if shuffle:
             sampler = StepSampler(len(dataset), self.batch_size, self.shuffle_seed, num_replicas=ranks, rank=rank)
             if self.trainer is not None:  # resuming at global_step: go on from that batch of its epoch
                 sampler.skip_batches = self.trainer.global_step % (len(dataset) // sampler.global_batch)
+        else:
+            sampler = SplitSampler(len(dataset), num_replicas=ranks, rank=rank)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
