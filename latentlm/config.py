@@ -129,6 +129,9 @@ def validate(cfg: DictConfig) -> None:
                ("judge.samples", int), ("judge.temperature", float))
     for key, kind in numbers:
         _check_number(cfg, key, kind)
+    for key in ("compile_validation", "async_checkpoints"):  # switches read as truth values: "maybe" would be true
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}={cfg[key]} is not true or false")
     if not 0 < cfg.rank <= 1:
         raise ConfigError(f"rank={cfg.rank} is outside (0, 1]; the latent dim is rank x d_model")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
