@@ -70,15 +70,6 @@ GROUP_KEY_IGNORES = (
     "trainer.accelerator",
     "trainer.enable_progress_bar",
 )
-# Keys that configs gained after runs were recorded, each with the value that trains exactly as runs without the key
-# did (a test pins each equivalence): an older run's config is read with these filled in, so it still compares with
-# newer runs of the same setup. model.block arrived with the llama block (bf5e299); the scheduler's target with the
-# schedule functions (f825408; tests/test_schedules.py pins warmup_cosine to the former LinearLR + cosine).
-KEYS_ADDED_LATER = {
-    "model.block": "gpt2",
-    "scheduler._target_": "latentlm.schedules.warmup_cosine",
-    "scheduler._partial_": True,
-}
 # Config values that were renamed after runs were recorded: an older run's config is read in today's words (the
 # same training under other names), so it still compares with newer runs. Data and tokenizer configs named their
 # source and kind before they named classes with `_target_`.
@@ -132,7 +123,6 @@ class CompareError(ValueError):
 def group_key(config: dict[str, Any], precision: str | None) -> str:
     """The resolved config less GROUP_KEY_IGNORES, as sorted JSON of dotted keys: runs with equal keys compare."""
     flat = pd.json_normalize(config).to_dict("records")[0] if config else {}
-    flat = {**KEYS_ADDED_LATER, **flat} if flat else flat
     key = {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in GROUP_KEY_IGNORES)}
     if precision is not None:
         key["trainer.precision"] = precision
@@ -157,9 +147,13 @@ def complete_summary(summary: dict[str, Any], run: str) -> dict[str, Any]:
 
 
 def current_config(config: dict[str, Any]) -> dict[str, Any]:
-    """An older run's resolved config in today's words: the schedule as a function's config, the data module and
-    the tokenizer named by `_target_` (DATA_SOURCES, TOKENIZER_KINDS)."""
+    """An older run's resolved config in today's words, each the same training as before: the schedule as a
+    function's config (f825408; tests/test_schedules.py pins warmup_cosine to the former LinearLR + cosine), the
+    block family that was the only one (bf5e299), the data module and the tokenizer named by `_target_`
+    (DATA_SOURCES, TOKENIZER_KINDS)."""
     config = copy.deepcopy(config)
+    if isinstance(config.get("model"), dict):
+        config["model"].setdefault("block", "gpt2")  # before the llama block
     scheduler = config.get("scheduler")
     if isinstance(scheduler, dict) and "_target_" not in scheduler:  # before schedules were functions
         config["scheduler"] = {"_target_": "latentlm.schedules.warmup_cosine", "_partial_": True, **scheduler}
