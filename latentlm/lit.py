@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
 from torch import Tensor, nn
 from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import SumMetric
 
@@ -126,6 +127,12 @@ class LitGPT(L.LightningModule):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
+        optimizer, scheduler = self.optimizer_and_schedule(self.trainer.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_and_schedule(self, total_steps: int) -> tuple[Optimizer, LambdaLR]:
+        """The configured optimizer (no weight decay on `no_weight_decay`'s parameters; fused on CUDA) and its lr
+        schedule over `total_steps`; also what scripts/bench_plain_loop.py steps without the Trainer."""
         plain_names = no_weight_decay(self.net)
         decay, plain = [], []
         for name, p in self.net.named_parameters():
@@ -135,8 +142,7 @@ class LitGPT(L.LightningModule):
         )
         # LambdaLR sets lr = the optimizer's lr x schedule(step) from the step alone, so a resumed run (which
         # restores the step) continues the same curve.
-        scheduler = LambdaLR(optimizer, instantiate(self.hparams.scheduler, total_steps=self.trainer.max_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer, LambdaLR(optimizer, instantiate(self.hparams.scheduler, total_steps=total_steps))
 
 
 def no_weight_decay(net: nn.Module) -> set[str]:

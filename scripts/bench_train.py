@@ -8,8 +8,9 @@ the ratio to a bf16 matmul rate measured here, and peak memory. Without a GPU it
 experiment=bench_train_smoke (the tiny model, 30 steps a variant), unless --experiment says otherwise.
 
 --nanogpt PATH first times nanoGPT's own model.py from a checkout at PATH (kept outside this repository) at the same
-shape and steps, in a process of its own (scripts/bench_nanogpt.py says how); its row comes first, and every
-variant gets its ratio to it.
+shape and steps, in a process of its own (scripts/bench_plain_loop.py says how); its row comes first, and every
+variant gets its ratio to it. --plain-loop mha,... also times those variants' LitGPT stepped by hand, without the
+Trainer (rows "mha (plain loop)"): the Trainer's row over that one is what Lightning's loop costs.
 """
 
 import argparse
@@ -21,7 +22,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from bench_nanogpt import load_nanogpt
+from bench_plain_loop import load_nanogpt
 from benchlib import add_out_argument, run_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,6 +57,8 @@ def main() -> None:
                         help="the folder for the training runs (default: logs/bench/train/<time>/runs/)")
     parser.add_argument("--nanogpt", type=Path, metavar="PATH",
                         help="a karpathy/nanoGPT checkout: time its model.py at the same shape first, as the reference")
+    parser.add_argument("--plain-loop", default="", metavar="VARIANTS",
+                        help="also time these variants in a plain PyTorch loop, without the Trainer")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     if args.nanogpt is not None:
@@ -71,21 +74,46 @@ def main() -> None:
 
     matmul = matmul_tflops()
     rows = []
-    if args.nanogpt is not None:
-        ref_dir = (args.runs / "nanogpt").resolve()
-        cmd = [sys.executable, str(REPO / "scripts" / "bench_nanogpt.py"), f"--experiment={args.experiment}",
-               f"--out={ref_dir}", str(args.nanogpt.resolve()), *args.overrides]
+
+    def save() -> None:
+        """Each row's ratios to mha and nanoGPT, and the JSON: written after every row, so a crash or a time-out
+        keeps what was measured."""
+        mha = next((r["tokens_per_s"] for r in rows if r["variant"] == "mha"), None)
+        nanogpt = rows[0]["tokens_per_s"] if rows[0]["variant"] == "nanogpt" else None
+        for r in rows[1 if nanogpt else 0:]:
+            r["vs_mha"] = r["tokens_per_s"] / mha if mha else None
+            r["vs_nanogpt"] = r["tokens_per_s"] / nanogpt if nanogpt else None
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_train.json").write_text(json.dumps({
+            "date": str(date.today()), "time": time.strftime("%H:%M:%S"), "command": " ".join(sys.argv),
+            "experiment": args.experiment, "matmul_tflops": matmul, "rows": rows}, indent=2))
+
+    def plain_loop(name: str, flag: str, *overrides: str) -> tuple[dict, dict]:
+        """bench_plain_loop.py's summary, in a process of its own, and its row."""
+        out_dir = (args.runs / name).resolve()
+        cmd = [sys.executable, str(REPO / "scripts" / "bench_plain_loop.py"), flag,
+               f"--experiment={args.experiment}", f"--out={out_dir}", *args.overrides, *overrides]
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
-        s = json.loads((ref_dir / "summary.json").read_text())
-        rows.append({
-            "variant": "nanogpt", "rank": None, "params": s["params"], "tokens_per_s": s["tokens_per_s"],
-            "ms_per_step": s["ms_per_step"], "mfu": s["mfu"], "flops_per_token": s["flops_per_token"],
+        s = json.loads((out_dir / "summary.json").read_text())
+        return s, {
+            "params": s["params"], "tokens_per_s": s["tokens_per_s"], "ms_per_step": s["ms_per_step"],
+            "mfu": s["mfu"], "flops_per_token": s["flops_per_token"],
             "matmul_fraction": s["tokens_per_s"] * s["flops_per_token"] / (matmul * 1e12) if matmul else None,
             "peak_memory_gib": s["peak_memory_gib"], "kv_elements_per_token": s["kv_elements_per_token"],
-            "device": s["device"], "precision": s["precision"], "nanogpt": s["nanogpt"], "shape": s["shape"],
-            "compiled": s["compiled"], "bias": s["bias"], "fused_adamw": s["fused_adamw"],
-        })
+            "device": s["device"], "precision": s["precision"], "shape": s["shape"], "compiled": s["compiled"],
+            "fused_adamw": s["fused_adamw"],
+        }
+
+    if args.nanogpt is not None:
+        s, row = plain_loop("nanogpt", f"--nanogpt={args.nanogpt.resolve()}")
+        rows.append({"variant": "nanogpt", "rank": None, **row, "nanogpt": s["nanogpt"], "bias": s["bias"]})
+        save()
+    for variant in filter(None, args.plain_loop.split(",")):
+        _, row = plain_loop(f"{variant}-r{args.rank}-plain-loop", "--ours", f"attention={variant}",
+                            f"rank={args.rank}")
+        rows.append({"variant": f"{variant} (plain loop)", "rank": args.rank, **row})
+        save()
     for variant in args.variants.split(","):
         variant_dir = (args.runs / f"{variant}-r{args.rank}").resolve()  # the runs start in the repo
         cmd = [sys.executable, "-m", "latentlm.train", f"experiment={args.experiment}", f"attention={variant}",
@@ -102,14 +130,10 @@ def main() -> None:
             "peak_memory_gib": s["peak_memory_gib"], "kv_elements_per_token": s["kv_cache"]["elements_per_token"],
             "device": s["device"], "precision": s["precision"],
         })
-    mha = next((r["tokens_per_s"] for r in rows if r["variant"] == "mha"), None)
-    nanogpt = rows[0]["tokens_per_s"] if rows[0]["variant"] == "nanogpt" else None
-    for r in rows[1 if nanogpt else 0:]:
-        r["vs_mha"] = r["tokens_per_s"] / mha if mha else None
-        r["vs_nanogpt"] = r["tokens_per_s"] / nanogpt if nanogpt else None
+        save()
     print(f"\n{rows[0]['device']}, {rows[0]['precision']}, bf16 matmul measured: "
           f"{matmul:.0f} TFLOP/s\n" if matmul else "\n")
-    if nanogpt:
+    if rows[0]["variant"] == "nanogpt":
         ref = rows[0]["nanogpt"]
         print(f"nanogpt: {ref['path']} at commit {ref['commit']} (model.py blob {ref['model_py_blob'][:12]})\n")
     print("| variant | params | tokens/s | vs mha | vs nanogpt | ms/step | MFU | of matmul | GFLOP/token | peak GiB |")
@@ -120,12 +144,7 @@ def main() -> None:
               f"{fmt(r.get('vs_mha'), '.2f')} | {fmt(r.get('vs_nanogpt'), '.2f')} | {r['ms_per_step']:.1f} | "
               f"{fmt(r['mfu'], '.1%')} | {fmt(r['matmul_fraction'], '.1%')} | {r['flops_per_token'] / 1e9:.3f} | "
               f"{fmt(r['peak_memory_gib'], '.1f')} |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "bench_train.json"
-    path.write_text(json.dumps({"date": str(date.today()), "time": time.strftime("%H:%M:%S"),
-                                "command": " ".join(sys.argv), "experiment": args.experiment, "matmul_tflops": matmul,
-                                "rows": rows}, indent=2))
-    print(f"\nwrote {path}")
+    print(f"\nwrote {args.out / 'bench_train.json'}")
 
 
 if __name__ == "__main__":

@@ -105,13 +105,14 @@ def stand_in_nanogpt(path: Path) -> str:
     return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def test_bench_train_on_a_cpu_runs_its_cpu_twin_and_the_nanogpt_reference_into_logs(tmp_path):
+def test_bench_train_on_a_cpu_runs_its_cpu_twin_and_the_references_into_logs(tmp_path):
     commit = stand_in_nanogpt(tmp_path / "nanoGPT")
-    out = run_script("bench_train.py", "--variants", "mha", "--nanogpt", "nanoGPT", "trainer.max_steps=15",
-                     "callbacks.throughput.warmup_steps=5", "callbacks.throughput.window=5", cwd=tmp_path).stdout
+    out = run_script("bench_train.py", "--variants", "mha", "--nanogpt", "nanoGPT", "--plain-loop", "mha",
+                     "trainer.max_steps=15", "callbacks.throughput.warmup_steps=5", "callbacks.throughput.window=5",
+                     cwd=tmp_path).stdout
     assert out.startswith("no GPU: experiment=bench_train_smoke (model=tiny, 30 steps a variant);")
     run = only_run(tmp_path, "train")
-    ref, row = json.loads((run / "bench_train.json").read_text())["rows"]
+    ref, plain, row = json.loads((run / "bench_train.json").read_text())["rows"]
     assert row["device"] != "cuda" and row["tokens_per_s"] > 0
     assert (run / "runs" / "mha-r0.5" / "summary.json").is_file()
     # tokens/s in whole tokens with thousands separators (a CPU's few thousand read 0.00M before)
@@ -131,6 +132,13 @@ def test_bench_train_on_a_cpu_runs_its_cpu_twin_and_the_nanogpt_reference_into_l
     assert [c["shape"] for c in calls if c["call"] == "forward"] == [[16, 128]] * 15
     assert ref["shape"]["warmup_steps"] == 5 and ref["shape"]["timed_steps"] == 10
     assert re.search(rf"^\| nanogpt \| [\d.]+M \| {ref['tokens_per_s']:,.0f} \| - \| - \|", out, re.MULTILINE)
+
+    # our model without the Trainer: the same model (parameters, FLOPs, cache), stepped 15 times by hand
+    assert plain["variant"] == "mha (plain loop)" and plain["tokens_per_s"] > 0
+    assert (plain["params"], plain["flops_per_token"], plain["kv_elements_per_token"]) == (
+        row["params"], row["flops_per_token"], row["kv_elements_per_token"])
+    assert plain["shape"] == ref["shape"] and plain["vs_mha"] == plain["tokens_per_s"] / row["tokens_per_s"]
+    assert re.search(r"^\| mha \(plain loop\) \| ", out, re.MULTILINE)
 
 
 def test_bench_train_nanogpt_path_errors_are_one_line(tmp_path):
