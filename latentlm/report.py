@@ -5,6 +5,7 @@ copied from its run dir) becomes one section of the report:
 - `intro.md` from that folder, verbatim: the hand-written context (the paper, its claims), kept out of code;
 - the setup, read from the runs' resolved configs and summaries;
 - compare's tables and plots (compare.md, compare.json and the PNGs are rewritten in the experiment folder);
+- training speed, where the folder holds a `bench_train.json` of its variants (scripts/bench_train.py --out <folder>);
 - decode speed, where the folder holds a `bench_decode.json` of its variants (scripts/bench_decode.py --out <folder>);
 - claims generated from the numbers, each with its n, its 95% interval and whether the interval holds 0.
 """
@@ -39,6 +40,7 @@ from latentlm.compare import (
 from latentlm.config import fail
 
 INTRO = "intro.md"  # optional, beside runs/
+TRAIN = "bench_train.json"  # optional, beside runs/: scripts/bench_train.py's output for these variants
 DECODE = "bench_decode.json"  # optional, beside runs/: scripts/bench_decode.py's output for these variants
 SETUP_KEYS = (  # resolved-config settings shown under Setup (the group headers name any other that differs)
     "model.d_model",
@@ -164,16 +166,38 @@ def rank_claims(comparison: Comparison) -> list[str]:
     return claims
 
 
+def twin_of(variant: str) -> str | None:
+    """The attention config's twin (None for a baseline), for a variant named `name[@rank][:path]`."""
+    from latentlm.config import compose_train
+
+    return compose_train([f"attention={variant.split('@')[0].split(':')[0]}"]).attention.get("twin")
+
+
+def train_table(bench: dict[str, Any]) -> str:
+    """Training tokens/s through the Trainer of each variant a bench_train.json measured, with its ratio to the
+    twin's and its FLOPs per token over the twin's, both from the same call (the reference rows, nanoGPT and plain
+    loops, are in docs/benchmarks.md)."""
+    rows = {r["variant"]: r for r in bench["rows"] if r["variant"] != "nanogpt" and "(" not in r["variant"]}
+    device = next(iter(rows.values()))["device"] if rows else "?"
+    lines = [f"Training tokens/s through the Trainer ({device}, {bench['date']}, `{bench['command']}`; the twin "
+             "measured in the same call):\n",
+             "| variant | tokens/s | vs twin | FLOPs/token vs twin | MFU |", "|---|---|---|---|---|"]
+    for v, r in rows.items():
+        twin = rows.get(twin_of(v) or "")
+        speed, flops = (f"{r[k] / twin[k]:.2f}x" if twin else "–" for k in ("tokens_per_s", "flops_per_token"))
+        mfu = "–" if r.get("mfu") is None else f"{r['mfu']:.1%}"
+        lines.append(f"| {v} | {r['tokens_per_s']:,.0f} | {speed} | {flops} | {mfu} |")
+    return "\n".join(lines) + "\n"
+
+
 def decode_table(bench: dict[str, Any]) -> str:
     """Decode tokens/s of each variant a bench_decode.json measured, at each (batch, context), and its ratio to the
     twin's where the twin was measured in the same call."""
-    from latentlm.config import compose_train
-
     rows = [r for r in bench["rows"] if "tokens_per_s" in r]
     cells = sorted({(r["batch"], r["context"]) for r in rows})
     rate = {(r["variant"], r["batch"], r["context"]): r["tokens_per_s"] for r in rows}
     names = {s["variant"]: s["variant"].split("@")[0].split(":")[0] for s in bench["summary"]}
-    twins = {v: compose_train([f"attention={name}"]).attention.get("twin") for v, name in names.items()}
+    twins = {v: twin_of(v) for v in names}
     measured = {name: v for v, name in names.items() if "@" not in v}  # the twin's own row (no rank of its own)
     header = "| variant | KV bytes/token | " + " | ".join(f"b{b} x {c:,}" for b, c in cells) + " |"
     lines = [f"Decode tokens/s ({bench['gpu'] or bench['device']}, {bench['date']}, `{bench['command']}`; the ratio "
@@ -206,6 +230,8 @@ def experiment_section(folder: Path, results_md: Path, metric: str = "final") ->
             f"![Validation loss against step, mean ± 95% CI over seeds]({link[CURVES_PNG]})\n",
             f"![Validation loss against KV-cache bytes per token, mean ± 95% CI, Pareto front]({link[PARETO_PNG]})\n",
         ]
+    if (folder / TRAIN).is_file():
+        parts += ["### Training speed\n", train_table(json.loads((folder / TRAIN).read_text()))]
     if (folder / DECODE).is_file():
         parts += ["### Decode speed\n", decode_table(json.loads((folder / DECODE).read_text()))]
     claims = twin_claims(comparison) + rank_claims(comparison)

@@ -703,3 +703,22 @@ def test_report_tables_decode_speed_against_the_twin_measured_in_the_same_call()
         "| mla_rope@1.0:absorbed | 8,704 | 51,000 (1.02x) |",
         "| gta | 2,560 | – |",  # not measured
     ]
+
+
+def test_report_tables_training_speed_against_the_twin_measured_in_the_same_call():
+    def row(variant, tokens_per_s, flops, mfu=0.3):
+        return {"variant": variant, "tokens_per_s": tokens_per_s, "flops_per_token": flops, "mfu": mfu,
+                "device": "NVIDIA H200"}
+
+    bench = {"date": "2026-12-01", "command": "bench_train.py --variants mha_rope,gta",
+             "rows": [row("nanogpt", 1.7e6, 1.9e8), row("mha (plain loop)", 1.6e6, 1.9e8),
+                      row("mha_rope", 1.5e6, 2.0e8), row("gta", 1.2e6, 1.8e8, None), row("mla", 1.0e6, 1.9e8)]}
+    lines = report.train_table(bench).splitlines()
+    assert "NVIDIA H200, 2026-12-01" in lines[0]
+    assert lines[2:] == [
+        "| variant | tokens/s | vs twin | FLOPs/token vs twin | MFU |",
+        "|---|---|---|---|---|",
+        "| mha_rope | 1,500,000 | – | – | 30.0% |",  # a baseline
+        "| gta | 1,200,000 | 0.80x | 0.90x | – |",
+        "| mla | 1,000,000 | – | – | 30.0% |",  # its twin (mha) was not measured in this call
+    ]
