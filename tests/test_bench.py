@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 
@@ -47,6 +48,8 @@ STAND_IN_MODEL = """
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import pytest
 
 import torch
 import torch.nn.functional as F
@@ -188,3 +191,25 @@ def test_bench_tp_decode_on_a_cpu_is_a_gloo_smoke_into_logs(tmp_path):
     tiny_rope, tiny_latent = 32 // 2, 128 // 2  # model=tiny: d_model 128, 4 heads of 32; rank 0.5
     per_device = {r["variant"]: r["cache_elements_per_device"] for r in result["rows"]}
     assert per_device == {"mla_rope": tiny_latent + tiny_rope, "gla2": tiny_latent // 2 + tiny_rope, "gqa": 2 * 32}
+
+
+def test_bench_latent_kernel_refuses_what_it_cannot_time_in_one_line(tmp_path):
+    for args, says in ((["--attention", "mha"], "attention=mha is not a latent variant"),
+                       (["--attention", "mla_rope_split"], "the kernel serves joint latents only"),
+                       ([], "needs a CUDA GPU (none here)")):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_latent_kernel.py"), *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""})
+        assert proc.returncode == 1 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.gpu
+def test_bench_latent_kernel_times_every_tile_and_split_with_the_default_among_them(tmp_path):
+    run_script("bench_latent_kernel.py", "--shapes", "1x512,4x1024", "--iters", "3", "--out", "out", cwd=tmp_path)
+    bench = json.loads((tmp_path / "out" / "bench_latent_kernel.json").read_text())
+    assert bench["copy_bandwidth_gbs"] > 100 and (bench["n_blocks"], bench["block_dim"], bench["rope_dim"]) == (
+        1, 256, 32)
+    for shape in ((1, 512), (4, 1024)):
+        rows = [r for r in bench["rows"] if (r["batch"], r["positions"]) == shape]
+        assert sum(r["default"] for r in rows) == 1 and len(rows) >= 12  # 12 tiles x at least one split count
+        assert all(r["us"] > 0 and r["gb_per_s"] > 0 for r in rows)

@@ -31,27 +31,29 @@ def reference(q: torch.Tensor, kv: torch.Tensor, nb: int, c: int, rope: int, sca
     return torch.stack(out, dim=1)
 
 
-CASES = [  # (n_blocks, block width, rotary width, heads, cached positions, splits)
-    (1, 32, 16, 8, 300, 1),  # MLA+RoPE shape, one split with a ragged last tile
-    (1, 32, 16, 4, 300, 3),  # split-KV merge; heads padded to 16 rows
-    (2, 16, 0, 8, 200, 2),  # MLRA blocks, no rotary key (MLA without RoPE)
-    (4, 16, 16, 20, 65, 2),  # more heads than 16; the last split holds one position
-    (4, 16, 16, 2, 130, 2),  # GLA-4 / MLRA-2 at 8 heads: each block serves its group's 2 heads
+CASES = [  # (n_blocks, block width, rotary width, heads, cached positions, splits, tile: block_n)
+    (1, 32, 16, 8, 300, 1, 64),  # MLA+RoPE shape, one split with a ragged last tile
+    (1, 32, 16, 4, 300, 3, 64),  # split-KV merge; heads padded to 16 rows
+    (2, 16, 0, 8, 200, 2, 64),  # MLRA blocks, no rotary key (MLA without RoPE)
+    (4, 16, 16, 20, 65, 2, 64),  # more heads than 16; the last split holds one position
+    (4, 16, 16, 2, 130, 2, 64),  # GLA-4 / MLRA-2 at 8 heads: each block serves its group's 2 heads
+    (1, 32, 16, 8, 300, 3, 16),  # the other tiles bench_latent_kernel.py times
+    (1, 32, 16, 8, 300, 2, 128),
 ]
 
 
 def check_cases() -> None:
     """Run in a process with TRITON_INTERPRET=1 (Triton reads it when it is imported)."""
-    for nb, c, rope, heads, length, splits in CASES:
+    for nb, c, rope, heads, length, splits, block_n in CASES:
         torch.manual_seed(0)
         kv = torch.randn(2, length + 7, nb * c + rope).half()[:, :length]  # a view of a longer cache
         q = torch.randn(2, nb, heads, c + rope).half()
         assert latent_decode.supported(kv, c, rope)
-        out = latent_decode.attend(q, kv, nb, c, rope, scale=0.3, splits=splits)
+        out = latent_decode.attend(q, kv, nb, c, rope, scale=0.3, splits=splits, block_n=block_n)
         ref = reference(q, kv, nb, c, rope, 0.3)
         assert out.shape == ref.shape and out.dtype == q.dtype
         error = (out.float() - ref).abs().max().item()
-        assert error < 2e-3, f"case {(nb, c, rope, heads, length, splits)}: max error {error}"
+        assert error < 2e-3, f"case {(nb, c, rope, heads, length, splits, block_n)}: max error {error}"
 
 
 @pytest.mark.skipif(tuple(map(int, triton.__version__.split(".")[:2])) < (3, 8),

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 BLOCK_N = 64  # cached positions per inner-loop tile
-NUM_WARPS, NUM_STAGES = 4, 2
+NUM_WARPS, NUM_STAGES = 4, 2  # scripts/bench_latent_kernel.py times other tiles and splits against these
 MIN_SPLIT = 256  # fewest positions per split: shorter ones add merge work for little extra parallelism
 
 
@@ -54,7 +54,8 @@ def _interpreting() -> bool:
 
 @torch.library.custom_op("latentlm::latent_decode", mutates_args=())
 def attend(
-    q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None
+    q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None,
+    block_n: int = BLOCK_N, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES,
 ) -> Tensor:
     """Softmax attention of one query token per sequence over every cached row.
 
@@ -62,7 +63,8 @@ def attend(
     (every head for MLA and MLRA, the n_head / n_groups heads of its group for GLA and MLRA-2).
     kv: (B, S, n_blocks * block_dim + rope_dim), the cache; block n's key is [c_n | k_pe], its value c_n.
     splits: how many parts the positions are cut into (None: enough programs to fill the GPU twice over, but
-    no part shorter than MIN_SPLIT positions). Returns (B, n_blocks, H, block_dim) in q's dtype.
+    no part shorter than MIN_SPLIT positions). block_n, num_warps, num_stages: the tile (positions per inner-loop
+    step, a power of two >= 16) and Triton's launch settings. Returns (B, n_blocks, H, block_dim) in q's dtype.
     A torch.library custom op, so torch.compile treats the kernels as one opaque call and fuses around it.
     """
     B, nb, H, width = q.shape
@@ -72,7 +74,7 @@ def attend(
     if splits is None:
         sms = torch.cuda.get_device_properties(kv.device).multi_processor_count if kv.is_cuda else 1
         splits = max(1, min(math.ceil(2 * sms / (B * nb)), S // MIN_SPLIT))
-    per_split = math.ceil(S / splits / BLOCK_N) * BLOCK_N
+    per_split = math.ceil(S / splits / block_n) * block_n
     splits = math.ceil(S / per_split)  # every split non-empty
     parts = torch.empty(B * nb, splits, H, block_dim, device=q.device, dtype=torch.float32)
     lse = torch.empty(B * nb, splits, H, device=q.device, dtype=torch.float32)
@@ -83,7 +85,7 @@ def attend(
         q.stride(0), q.stride(1), kv.stride(0), kv.stride(1),
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
         S, per_split, nb, nb * block_dim, scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
-        H=H, H_PAD=h_pad, C=block_dim, R=rope_dim, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        H=H, H_PAD=h_pad, C=block_dim, R=rope_dim, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
     )
     out = torch.empty(B * nb, H, block_dim, device=q.device, dtype=q.dtype)
     merge_kernel[(B * nb, H)](
@@ -94,7 +96,8 @@ def attend(
 
 
 @attend.register_fake
-def _(q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None):
+def _(q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None,
+      block_n: int = BLOCK_N, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES):
     B, nb, H, _ = q.shape
     return q.new_empty(B, nb, H, block_dim)
 
