@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 
@@ -131,6 +132,19 @@ def test_bench_train_on_a_cpu_runs_its_cpu_twin_and_the_nanogpt_reference_into_l
     assert [c["shape"] for c in calls if c["call"] == "forward"] == [[16, 128]] * 15
     assert ref["shape"]["warmup_steps"] == 5 and ref["shape"]["timed_steps"] == 10
     assert re.search(rf"^\| nanogpt \| [\d.]+M \| {ref['tokens_per_s']:,.0f} \| - \| - \|", out, re.MULTILINE)
+
+
+def test_bench_train_variant_names_its_own_overrides(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from bench_train import parse_variant, run_name
+
+    assert parse_variant("mha") == ("mha", [])
+    assert parse_variant("mha+fused_loss=true+optimizer.lr=1e-3") == ("mha", ["fused_loss=true", "optimizer.lr=1e-3"])
+    assert run_name("mha", 0.5) == "mha-r0.5"
+    assert run_name("mha+fused_loss=true+data.files=a/*.txt", 0.5) == "mha+fused_loss_true+data.files_a__.txt-r0.5"
+    for spec in ("mha+fused_loss", "+fused_loss=true"):
+        with pytest.raises(ValueError, match="is not ATTENTION"):
+            parse_variant(spec)
 
 
 def test_bench_train_nanogpt_path_errors_are_one_line(tmp_path):
