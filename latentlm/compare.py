@@ -65,6 +65,7 @@ GROUP_KEY_IGNORES = (
     "compile_mode",
     "compile_validation",  # where validation runs, as compile: rounding, not training
     "async_checkpoints",  # when checkpoints are written
+    "fused_loss",  # the same loss computed in chunks: rounding, as compile
     "trainer.log_every_n_steps",
     "trainer.default_root_dir",
     "trainer.accelerator",

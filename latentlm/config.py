@@ -129,7 +129,8 @@ def validate(cfg: DictConfig) -> None:
                ("judge.samples", int), ("judge.temperature", float))
     for key, kind in numbers:
         _check_number(cfg, key, kind)
-    for key in ("compile_validation", "async_checkpoints"):  # switches read as truth values: "maybe" would be true
+    # switches read as truth values: "maybe" would be true
+    for key in ("compile_validation", "async_checkpoints", "fused_loss"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key}={cfg[key]} is not true or false")
     if not 0 < cfg.rank <= 1:

@@ -31,6 +31,7 @@ class LitGPT(L.LightningModule):
         tokenizer: dict[str, Any] | None = None,
         compile_mode: str | None = None,
         compile_validation: bool = True,
+        fused_loss: bool = False,
     ):
         """Built from the train config's `module` node. `model`: a model config (configs/model/), GPT's keyword
         arguments but vocab_size. `optimizer`: a `_partial_` torch.optim config (configs/optimizer/).
@@ -38,10 +39,12 @@ class LitGPT(L.LightningModule):
         which is trainer.max_steps. `tokenizer`: the run's tokenizer (latentlm.data.tokenizer.run_tokenizer), kept
         so a checkpoint decodes text on its own. `compile_mode` is how this process trains, not part of the model:
         it is not saved, and a loaded module runs eagerly; `compile_validation` false leaves validation eager (no
-        evaluation graph to compile, nor to recompile for a last, smaller batch)."""
+        evaluation graph to compile, nor to recompile for a last, smaller batch). `fused_loss`, also how the
+        process trains: on CUDA the training loss is Liger Kernel's fused linear cross-entropy, which never holds
+        the logits whole; elsewhere the plain loss."""
         super().__init__()
         # train.py logs the whole config; how this process compiles is not part of the model
-        self.save_hyperparameters(ignore=["compile_mode", "compile_validation"], logger=False)
+        self.save_hyperparameters(ignore=["compile_mode", "compile_validation", "fused_loss"], logger=False)
         model = dict(model)
         target = model.pop("_target_", "latentlm.model.GPT")  # checkpoints from before `module` have none
         model.pop("_recursive_", None)  # GPT builds its attention layers itself
@@ -49,6 +52,7 @@ class LitGPT(L.LightningModule):
             raise ConfigError(f"model._target_={target}: LitGPT builds latentlm.model.GPT only")
         self.net = GPT(vocab_size=vocab_size, **model)
         self.label_smoothing = label_smoothing
+        self.fused_loss = fused_loss
         # Sums over every validation token, so val/loss is the token-weighted mean over the whole split.
         self.val_loss_sum, self.val_correct, self.val_tokens = SumMetric(), SumMetric(), SumMetric()
         self.val_history: list[dict[str, float]] = []  # one entry per validation: step, val_loss, val_acc
@@ -57,6 +61,11 @@ class LitGPT(L.LightningModule):
             # Compiling bound methods (not the module) keeps parameter names, and checkpoints, those of the plain
             # model. torch.compile is lazy: nothing is compiled before the first step, on whatever device.
             self._train_loss = torch.compile(self._train_loss, mode=compile_mode)
+            if fused_loss:
+                # The fused loss compiles the model alone. Liger's loss is an autograd Function that runs eagerly
+                # (it reads the count of targets with .item(), a host sync no CUDA graph can hold, and loops over
+                # chunks of tokens in Python), so it stays outside the compiled region.
+                self._hidden = torch.compile(self._hidden, mode=compile_mode)
             if compile_validation:
                 self._val_metrics = torch.compile(self._val_metrics, mode=compile_mode)
 
@@ -70,13 +79,31 @@ class LitGPT(L.LightningModule):
     def _train_loss(self, x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(self._logits(x), y.flatten(), label_smoothing=self.label_smoothing)
 
+    def _hidden(self, x: Tensor) -> Tensor:
+        """The final hidden states (B * T, d_model), the input of the fused loss."""
+        return self.net.hidden(x).flatten(0, 1)
+
+    def _fused_train_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """_train_loss without the logits: Liger Kernel's Triton kernels compute the head's matmul, the smoothed
+        cross-entropy and its gradients chunk by chunk of tokens."""
+        # Imported here: Liger brings in Triton (and transformers, where installed), start-up time that a run
+        # without the switch does not need.
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        # The head's padding rows are no classes: sliced off, they stay out of the softmax and the smoothing.
+        head = self.net.lm_head.weight[: self.net.vocab_size]
+        return liger_fused_linear_cross_entropy(
+            self._hidden(x), head, y.flatten(), label_smoothing=self.label_smoothing
+        )
+
     def _val_metrics(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Summed plain cross-entropy (comparable across label smoothing) and count of top-1 next-token hits."""
         logits = self._logits(x)
         return F.cross_entropy(logits, y.flatten(), reduction="sum"), (logits.argmax(-1) == y.flatten()).sum()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self._train_loss(*batch)
+        fused = self.fused_loss and self.device.type == "cuda"  # Liger's kernels are Triton's: CUDA only
+        loss = self._fused_train_loss(*batch) if fused else self._train_loss(*batch)
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the mean over the ranks: the global batch's
         return loss
 

@@ -140,7 +140,8 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
         # than the first, and on an H200 that recompilation under CUDA graphs segfaulted.
         torch._dynamo.reset()
     module = instantiate(cfg.module, vocab_size=datamodule.vocab_size, tokenizer=run_tokenizer(out_dir),
-                         compile_mode=compile_mode, compile_validation=cfg.compile_validation, _convert_="all")
+                         compile_mode=compile_mode, compile_validation=cfg.compile_validation,
+                         fused_loss=cfg.fused_loss, _convert_="all")
     net = module.net
     log.info(
         "model: %s, attention=%s rank=%s: %s parameters (%s non-embedding), KV cache %d elements/token",

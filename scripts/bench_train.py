@@ -4,7 +4,8 @@
 
 Each variant runs `python -m latentlm.train experiment=bench_train attention=<v>` in its own process and its
 summary.json is tabulated: params, tokens/s, ms/step, MFU (against 989.4 TFLOP/s dense bf16 for H100/H200),
-the ratio to a bf16 matmul rate measured here, and peak memory. Without a GPU it runs the CPU twin,
+the ratio to a bf16 matmul rate measured here, and peak memory. A variant `mha+fused_loss=true` adds the overrides
+after each '+' to its own run, to time a training switch against the plain variant. Without a GPU it runs the CPU twin,
 experiment=bench_train_smoke (the tiny model, 30 steps a variant), unless --experiment says otherwise.
 
 --nanogpt PATH first times nanoGPT's own model.py from a checkout at PATH (kept outside this repository) at the same
@@ -15,6 +16,7 @@ Trainer (rows "mha (plain loop)"): the Trainer's row over that one is what Light
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -45,9 +47,27 @@ def matmul_tflops(n: int = 8192, repeats: int = 10) -> float | None:
     return 2 * n**3 * repeats / (start.elapsed_time(end) / 1e3) / 1e12
 
 
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """`mha+fused_loss=true` -> ("mha", ["fused_loss=true"]): the attention option, then Hydra overrides for this
+    variant's run alone ('+' separates them, since ',' separates the variants)."""
+    attention, *overrides = spec.split("+")
+    if not attention or any("=" not in o for o in overrides):
+        raise ValueError(f"variant {spec!r} is not ATTENTION[+KEY=VALUE...], e.g. mha+fused_loss=true")
+    return attention, overrides
+
+
+def run_name(spec: str, rank: float) -> str:
+    """The variant's run folder, `mha+fused_loss_true-r0.5`: its spec with every character but letters, digits and
+    '.+_-' as '_' (an '=' in hydra.run.dir would not parse, a '/' would make a subfolder)."""
+    safe = re.sub(r"[^\w.+-]", "_", spec)
+    return f"{safe}-r{rank}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=VARIANTS)
+    parser.add_argument("--variants", default=VARIANTS,
+                        help="attention options, comma-separated; ATTENTION+KEY=VALUE adds overrides to one "
+                        "variant, e.g. mha,mha+fused_loss=true")
     parser.add_argument("--rank", type=float, default=0.5)
     parser.add_argument("--experiment",
                         help="the training config (default: bench_train on a GPU, its CPU twin bench_train_smoke "
@@ -61,6 +81,10 @@ def main() -> None:
                         help="also time these variants in a plain PyTorch loop, without the Trainer")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
+    try:
+        variants = {spec: parse_variant(spec) for spec in args.variants.split(",")}
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     if args.nanogpt is not None:
         try:
             load_nanogpt(args.nanogpt)  # a wrong path fails here, in one line, before anything runs
@@ -114,10 +138,10 @@ def main() -> None:
                             f"rank={args.rank}")
         rows.append({"variant": f"{variant} (plain loop)", "rank": args.rank, **row})
         save()
-    for variant in args.variants.split(","):
-        variant_dir = (args.runs / f"{variant}-r{args.rank}").resolve()  # the runs start in the repo
-        cmd = [sys.executable, "-m", "latentlm.train", f"experiment={args.experiment}", f"attention={variant}",
-               f"rank={args.rank}", f"hydra.run.dir={variant_dir}", *args.overrides]
+    for variant, (attention, variant_overrides) in variants.items():
+        variant_dir = (args.runs / run_name(variant, args.rank)).resolve()  # the runs start in the repo
+        cmd = [sys.executable, "-m", "latentlm.train", f"experiment={args.experiment}", f"attention={attention}",
+               f"rank={args.rank}", f"hydra.run.dir={variant_dir}", *args.overrides, *variant_overrides]
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
         s = json.loads((variant_dir / "summary.json").read_text())

@@ -51,6 +51,8 @@ PKGS=(
   cloudpickle==3.1.3
   hydra-submitit-launcher==1.2.0
   submitit==1.5.4
+  # fused_loss=true (torch, triton, packaging: on the node)
+  liger-kernel==0.8.5
 )
 ANTLR=antlr4-python3-runtime==4.9.3   # sdist only on PyPI: built here (pure python)
 

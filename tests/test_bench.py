@@ -144,6 +144,19 @@ def test_bench_train_on_a_cpu_runs_its_cpu_twin_and_the_references_into_logs(tmp
     assert re.search(r"^\| mha \(plain loop\) \| ", out, re.MULTILINE)
 
 
+def test_bench_train_variant_names_its_own_overrides(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from bench_train import parse_variant, run_name
+
+    assert parse_variant("mha") == ("mha", [])
+    assert parse_variant("mha+fused_loss=true+optimizer.lr=1e-3") == ("mha", ["fused_loss=true", "optimizer.lr=1e-3"])
+    assert run_name("mha", 0.5) == "mha-r0.5"
+    assert run_name("mha+fused_loss=true+data.files=a/*.txt", 0.5) == "mha+fused_loss_true+data.files_a__.txt-r0.5"
+    for spec in ("mha+fused_loss", "+fused_loss=true"):
+        with pytest.raises(ValueError, match="is not ATTENTION"):
+            parse_variant(spec)
+
+
 def test_bench_train_nanogpt_path_errors_are_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "other").mkdir()

@@ -120,6 +120,7 @@ def test_missing_checkpoint_is_one_line(tmp_path):
         (["optimizer.lr=fast"], "optimizer.lr=fast is not a number"),
         (["judge.samples=many"], "judge.samples=many is not an integer"),
         (["async_checkpoints=maybe"], "async_checkpoints=maybe is not true or false"),
+        (["fused_loss=1"], "fused_loss=1 is not true or false"),
         (["attention=mla_rope", "attention.kv_latent=both"], "model: kv_latent='both' must be 'joint' or 'split'"),
         (["model.block=gpt3"], "model: model.block='gpt3' is unknown; choose one of: gpt2, llama"),
         # (on the CPU-only CI machine; on a GPU machine the counts differ)

@@ -144,6 +144,15 @@ class GPT(nn.Module):
 
         last_only gives the last position's logits alone, (B, 1, padded_vocab): all a prefill needs to sample from.
         """
+        return self.lm_head(self.hidden(idx, caches, start_pos, last_only))
+
+    def hidden(
+        self, idx: Tensor, caches: list[KVCache] | None = None, start_pos: int = 0, last_only: bool = False
+    ) -> Tensor:
+        """The final hidden states (B, T, d_model), ln_f's output: what lm_head turns into logits.
+
+        A fused loss (latentlm.lit) takes these and the head's weight, so the logits are never held whole.
+        """
         T = idx.size(1)
         if start_pos + T > self.block_size:
             raise ValueError(
@@ -155,4 +164,4 @@ class GPT(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, caches[i] if caches is not None else None, start_pos)
-        return self.lm_head(self.ln_f(x[:, -1:] if last_only else x))
+        return self.ln_f(x[:, -1:] if last_only else x)
