@@ -1,5 +1,5 @@
-"""The split-KV Triton decode kernel of latent attention against SDPA: on CPU through Triton's interpreter
-(fp16: the interpreter mishandles bf16), on GPU in bf16 inside the model."""
+"""The split-KV Triton decode kernel of latent attention (and GTA's, which reuses it) against SDPA and GTA's einsum
+path: on CPU through Triton's interpreter (fp16: the interpreter mishandles bf16), on GPU in bf16 inside the model."""
 
 import os
 import subprocess
@@ -56,10 +56,38 @@ def check_cases() -> None:
         assert error < 2e-3, f"case {(nb, c, rope, heads, length, splits, block_n)}: max error {error}"
 
 
+def gta_steps(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A prefill of 20 tokens, then one decode step a token."""
+    cache = attn.new_cache(x.size(0), x.size(1), dtype=x.dtype, device=x.device)
+    return torch.cat([attn(x[:, :20], cache, 0)] + [attn(x[:, p : p + 1], cache, p) for p in range(20, x.size(1))], 1)
+
+
+def check_gta() -> None:
+    """GTA's decode steps through the kernel (its tied states as latent blocks) equal its einsum path, and take the
+    kernel. Run in a process with TRITON_INTERPRET=1."""
+    from unittest import mock
+
+    from latentlm.model.attention.gta import GroupedTiedAttention
+
+    torch.manual_seed(0)
+    for n_kv_heads, rope_dim in ((2, 16), (1, 32)):  # rope_dim = d_h: no key dims in u, the query's zeros all of it
+        attn = GroupedTiedAttention(d_model=256, n_head=8, max_seq_len=64, n_kv_heads=n_kv_heads,
+                                    rope_dim=rope_dim).half()
+        x = torch.randn(2, 24, 256).half()
+        with mock.patch.object(attn, "_attend_tied", wraps=attn._attend_tied) as tied:
+            kernel = gta_steps(attn, x)
+        assert tied.call_count == 0
+        with mock.patch.object(latent_decode, "supported", lambda *a: False):
+            einsum = gta_steps(attn, x)
+        error = (kernel.float() - einsum.float()).abs().max().item()
+        assert error < 5e-3 * einsum.float().abs().max().item(), f"GTA {n_kv_heads, rope_dim}: max error {error}"
+
+
 @pytest.mark.skipif(tuple(map(int, triton.__version__.split(".")[:2])) < (3, 8),
                     reason="Triton's interpreter before 3.8 fails on numpy 2")
-def test_kernel_matches_sdpa_in_interpreter():
-    code = "from tests.test_latent_decode import check_cases; check_cases()"
+@pytest.mark.parametrize("check", ["check_cases", "check_gta"])
+def test_kernel_matches_reference_in_interpreter(check):
+    code = f"from tests.test_latent_decode import {check}; {check}()"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -93,7 +121,7 @@ def test_kernel_addresses_caches_over_2_31_elements():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["mla", "mla_rope", "mlra", "gla2", "gla4", "mlra2"])
+@pytest.mark.parametrize("name", ["mla", "mla_rope", "mlra", "gla2", "gla4", "mlra2", "gta"])
 def test_model_decode_with_kernel_equals_sdpa_path(monkeypatch, name):
     from tests.test_attention import make_gpt
 

@@ -23,13 +23,20 @@ place, the score being two dot products,
 A cached chunk of several tokens (a prompt's prefill) takes the training form over the cache, where SDPA's
 fused kernels never hold the T x S scores.
 
+The cache holds one row a token, [u_1 ... u_G | k^R], the layout of latent attention's [c_1 ... c_n | k_pe]: on a
+GPU the decode step is latent attention's split-KV kernel (latent_decode) with each tied state as a latent block of
+width d_h and the query [q^N ; 0 ; RoPE(q^R)], the zeros over u's value-only dims. Elsewhere the two dot
+products above run as einsums (the reference the kernel is pinned to).
+
 Tensor parallelism: the groups split across devices and k^R is replicated, (G / tp) * d_h + d_r per device
 (d_h + d_r once tp > G).
 """
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentlm.model.attention import latent_decode
 from latentlm.model.attention.base import Attention, KVCache, causal_attention
 from latentlm.model.rope import Rotary
 
@@ -60,7 +67,7 @@ class GroupedTiedAttention(Attention):
         self.rotary = Rotary(self.rope_dim, max_seq_len, rope_base)
 
     def cache_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"u": (self.n_kv_heads, self.head_dim), "k_pe": (self.rope_dim,)}
+        return {"kv": (self.n_kv_heads * self.head_dim + self.rope_dim,)}  # [u_1 ... u_G | k^R]
 
     def kv_cache_elements(self) -> int:
         return self.n_kv_heads * self.head_dim + self.rope_dim
@@ -78,8 +85,11 @@ class GroupedTiedAttention(Attention):
         u = u.view(B, T, G, hd)
         k_pe = self.rotary(k_pe.unsqueeze(2), start_pos).squeeze(2)  # (B, T, d_r): one head shared by all
         if cache is not None:
-            u, k_pe = cache.append(start_pos, u=u, k_pe=k_pe).values()  # (B, S, G, d_h), (B, S, d_r)
-        if cache is not None and T == 1:
+            kv = cache.append(start_pos, kv=torch.cat((u.flatten(2), k_pe), dim=-1))["kv"]  # (B, S, G * d_h + d_r)
+            u, k_pe = kv[..., : G * hd].unflatten(-1, (G, hd)), kv[..., G * hd :]  # (B, S, G, d_h), (B, S, d_r)
+        if cache is not None and T == 1 and latent_decode.supported(kv, hd, self.rope_dim):
+            y = self._attend_kernel(q_nope, q_pe, kv)
+        elif cache is not None and T == 1:
             y = self._attend_tied(q_nope, q_pe, u, k_pe)
         else:
             y = self._attend_grouped(torch.cat((q_nope, q_pe), dim=-1), u, k_pe)
@@ -93,6 +103,15 @@ class GroupedTiedAttention(Attention):
             q.transpose(1, 2), k.transpose(1, 2), u.transpose(1, 2), self.head_dim**-0.5, self.attn_dropout
         )  # (B, H, T, d_h)
         return y.transpose(1, 2)
+
+    def _attend_kernel(self, q_nope: Tensor, q_pe: Tensor, kv: Tensor) -> Tensor:
+        """_attend_tied through latent attention's decode kernel: group g is latent block g (key [u_g | k^R],
+        value u_g), and its heads' queries are zero over u_g's value-only dims, so each score is _attend_tied's."""
+        B, T, H, _ = q_nope.shape  # T == 1
+        G, hd = self.n_kv_heads, self.head_dim
+        q = torch.cat((F.pad(q_nope, (0, self.rope_dim)), q_pe), dim=-1)  # (B, 1, H, d_h + d_r)
+        out = latent_decode.attend(q.view(B, G, H // G, hd + self.rope_dim), kv, G, hd, self.rope_dim, hd**-0.5)
+        return out.reshape(B, T, H, hd)  # (B, G, H/G, d_h): head i = g * H/G + j
 
     def _attend_tied(self, q_nope: Tensor, q_pe: Tensor, u: Tensor, k_pe: Tensor) -> Tensor:
         """One decode step over the cache as it is stored: scores from u's key dims and the shared k^R, values u."""

@@ -1,4 +1,4 @@
-"""A split-KV (FlashDecoding) Triton kernel for one decode step of absorbed latent attention (MLA, MLRA, GLA).
+"""A split-KV (FlashDecoding) Triton kernel for one decode step of absorbed latent attention (MLA, MLRA, GLA; GTA too).
 
 In absorbed decoding every query head attends over the same cached rows [latent | rotary key], so the cache is
 one key/value head shared by all heads (FlashMLA's "MQA mode"). For MLA+RoPE the key is 288 wide and the value
