@@ -30,7 +30,7 @@ class LitGPT(L.LightningModule):
         label_smoothing: float = 0.1,
         tokenizer: dict[str, Any] | None = None,
         compile_mode: str | None = None,
-        compile_validation: bool = True,
+        compile_validation: bool = False,
         fused_loss: bool = False,
     ):
         """Built from the train config's `module` node. `model`: a model config (configs/model/), GPT's keyword
@@ -38,8 +38,9 @@ class LitGPT(L.LightningModule):
         `scheduler`: a `_partial_` schedule config (configs/scheduler/, latentlm.schedules) without total_steps,
         which is trainer.max_steps. `tokenizer`: the run's tokenizer (latentlm.data.tokenizer.run_tokenizer), kept
         so a checkpoint decodes text on its own. `compile_mode` is how this process trains, not part of the model:
-        it is not saved, and a loaded module runs eagerly; `compile_validation` false leaves validation eager (no
-        evaluation graph to compile, nor to recompile for a last, smaller batch). `fused_loss`, also how the
+        it is not saved, and a loaded module runs eagerly; `compile_validation` compiles validation too (by default it
+        runs eagerly: an evaluation graph to compile, and to recompile for a last, smaller batch, costs more than
+        it saves on a validation split this small). `fused_loss`, also how the
         process trains: on CUDA the training loss is Liger Kernel's fused linear cross-entropy, which never holds
         the logits whole; elsewhere the plain loss."""
         super().__init__()

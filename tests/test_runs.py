@@ -204,9 +204,9 @@ def test_a_run_resumed_from_its_own_checkpoint_goes_on_in_its_folder(smoke_run, 
 
 
 def test_async_checkpoints_are_whole_when_the_run_ends(data_root, tmp_path):
-    """async_checkpoints=true: a background thread writes them; by the summary every checkpoint is complete."""
+    """async_checkpoints (the default): a background thread writes them; by the summary every one is complete."""
     run_dir = tmp_path / "run"
-    run_train("experiment=smoke", "async_checkpoints=true", "trainer.max_steps=10", "trainer.val_check_interval=5",
+    run_train("experiment=smoke", "trainer.max_steps=10", "trainer.val_check_interval=5",
               f"hydra.run.dir={run_dir}", root=data_root)
     assert summary(run_dir)["status"] == "ok"
     for name in ("best.ckpt", "last.ckpt"):
@@ -215,15 +215,15 @@ def test_async_checkpoints_are_whole_when_the_run_ends(data_root, tmp_path):
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 10
 
 
-def test_compile_validation_false_leaves_validation_eager():
+def test_validation_is_eager_unless_compile_validation():
     from hydra.utils import instantiate
 
     from latentlm.config import compose_train
 
     cfg = compose_train(["experiment=smoke"])
-    compiled = instantiate(cfg.module, vocab_size=384, compile_mode="default", _convert_="all")
-    eager_val = instantiate(cfg.module, vocab_size=384, compile_mode="default", compile_validation=False,
-                            _convert_="all")
+    compiled = instantiate(cfg.module, vocab_size=384, compile_mode="default", compile_validation=True,
+                           _convert_="all")
+    eager_val = instantiate(cfg.module, vocab_size=384, compile_mode="default", _convert_="all")  # the default
     plain = type(compiled._train_loss)  # what torch.compile returns for a bound method
     assert type(compiled._val_metrics) is plain and type(eager_val._train_loss) is plain
     assert eager_val._val_metrics.__func__ is type(eager_val)._val_metrics  # the method itself, not compiled
