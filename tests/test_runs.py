@@ -227,3 +227,16 @@ def test_validation_is_eager_unless_compile_validation():
     plain = type(compiled._train_loss)  # what torch.compile returns for a bound method
     assert type(compiled._val_metrics) is plain and type(eager_val._train_loss) is plain
     assert eager_val._val_metrics.__func__ is type(eager_val)._val_metrics  # the method itself, not compiled
+
+
+def test_training_steps_read_no_tensor_between_logging_steps(data_root, tmp_path):
+    """No read of a tensor into Python (a host-GPU sync on a GPU) in a step that logs nothing: the loss is read for
+    the logs every trainer.log_every_n_steps (5 here) and at validations (every 10), never in the steps between.
+    Lightning turns the progress bar's metrics into numbers every step: the loss goes to the bar only when there is
+    one (a terminal), so these runs, and every sweep and benchmark, step without waiting for the GPU."""
+    reads = tmp_path / "reads.json"
+    run_train("experiment=smoke", "trainer.max_steps=20", "+callbacks.host_reads._target_=tests.host_reads.HostReads",
+              f"+callbacks.host_reads.out={reads}", f"hydra.run.dir={tmp_path / 'run'}", root=data_root)
+    per_step = {int(step): n for step, n in json.loads(reads.read_text()).items()}
+    assert {step for step, n in per_step.items() if n} <= {0, 5, 10, 15, 20}, per_step  # 0: the sanity validation
+    assert per_step.get(10, 0) > 0  # the counter sees the reads that logging makes
