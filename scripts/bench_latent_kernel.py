@@ -73,14 +73,12 @@ def latent_layer(attention: str, rank: float, model: str) -> LatentAttention:
     with torch.device("meta"):
         layer = LatentAttention(d_model=cfg.model.d_model, n_head=cfg.model.n_head, max_seq_len=cfg.model.block_size,
                                 **kwargs)
-    if layer.kv_latent != "joint":
-        raise ValueError(f"attention={attention}: the kernel serves joint latents only (kv_latent=joint)")
     return layer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--attention", default="mla_rope", help="a latent attention config (joint latent)")
+    parser.add_argument("--attention", default="mla_rope", help="a latent attention config")
     parser.add_argument("--rank", type=float, default=0.5)
     parser.add_argument("--model", default="30m")
     parser.add_argument("--shapes", default="1x4096,64x4096,1x16384,64x16384", help="batch x cached positions")
@@ -98,7 +96,8 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("error: bench_latent_kernel.py times a CUDA kernel and needs a CUDA GPU (none here)")
     nb, c, rope, heads = layer.n_blocks, layer.block_dim, layer.rope_dim, layer.group_heads
-    width = nb * c + rope
+    key_offset = (layer.n_latents - 1) * layer.latent_dim  # split rows: [c_v | c_k | k_pe]
+    width = layer.n_latents * layer.latent_dim + rope
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     bandwidth = memory_bandwidth_gbs()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth:,.0f} GB/s; {args.attention} r={args.rank}: "
@@ -115,7 +114,7 @@ def main() -> None:
         for block_n, warps, stages in itertools.product(*TILES.values()):
             for splits in split_counts:
                 call = partial(latent_decode.attend, q, kv, nb, c, rope, layer.scale, splits=splits,
-                               block_n=block_n, num_warps=warps, num_stages=stages)
+                               block_n=block_n, num_warps=warps, num_stages=stages, key_offset=key_offset)
                 seconds = median_seconds(call, args.iters)
                 default = (block_n, warps, stages, splits) == (latent_decode.BLOCK_N, latent_decode.NUM_WARPS,
                                                                latent_decode.NUM_STAGES, default_splits)

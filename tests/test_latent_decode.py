@@ -16,13 +16,16 @@ triton = pytest.importorskip("triton")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def reference(q: torch.Tensor, kv: torch.Tensor, nb: int, c: int, rope: int, scale: float) -> torch.Tensor:
-    """Block n's key is [c_n | k_pe] and its value c_n, for every head: plain SDPA per block in fp32."""
+def reference(q: torch.Tensor, kv: torch.Tensor, nb: int, c: int, rope: int, scale: float,
+              key_offset: int = 0) -> torch.Tensor:
+    """Block n's key is [ck_n | k_pe] (ck_n key_offset columns after c_n) and its value c_n, for every head: plain
+    SDPA per block in fp32."""
     B, _, H, _ = q.shape
     S = kv.size(1)
     out = []
     for n in range(nb):
-        k = torch.cat((kv[..., n * c : (n + 1) * c], kv[..., nb * c :]), dim=-1).float()
+        k_lat = kv[..., key_offset + n * c : key_offset + (n + 1) * c]
+        k = torch.cat((k_lat, kv[..., key_offset + nb * c :]), dim=-1).float()
         v = kv[..., n * c : (n + 1) * c].float()
         out.append(F.scaled_dot_product_attention(
             q[:, n].float().unsqueeze(2), k[:, None].expand(B, H, S, c + rope), v[:, None].expand(B, H, S, c),
@@ -31,61 +34,74 @@ def reference(q: torch.Tensor, kv: torch.Tensor, nb: int, c: int, rope: int, sca
     return torch.stack(out, dim=1)
 
 
-CASES = [  # (n_blocks, block width, rotary width, heads, cached positions, splits, tile: block_n)
-    (1, 32, 16, 8, 300, 1, 64),  # MLA+RoPE shape, one split with a ragged last tile
-    (1, 32, 16, 4, 300, 3, 64),  # split-KV merge; heads padded to 16 rows
-    (2, 16, 0, 8, 200, 2, 64),  # MLRA blocks, no rotary key (MLA without RoPE)
-    (4, 16, 16, 20, 65, 2, 64),  # more heads than 16; the last split holds one position
-    (4, 16, 16, 2, 130, 2, 64),  # GLA-4 / MLRA-2 at 8 heads: each block serves its group's 2 heads
-    (1, 32, 16, 8, 300, 3, 16),  # the other tiles bench_latent_kernel.py times
-    (1, 32, 16, 8, 300, 2, 128),
+CASES = [  # (n_blocks, block width, rotary width, heads, cached positions, splits, tile: block_n, latents a row)
+    (1, 32, 16, 8, 300, 1, 64, 1),  # MLA+RoPE shape, one split with a ragged last tile
+    (1, 32, 16, 4, 300, 3, 64, 1),  # split-KV merge; heads padded to 16 rows
+    (2, 16, 0, 8, 200, 2, 64, 1),  # MLRA blocks, no rotary key (MLA without RoPE)
+    (4, 16, 16, 20, 65, 2, 64, 1),  # more heads than 16; the last split holds one position
+    (4, 16, 16, 2, 130, 2, 64, 1),  # GLA-4 / MLRA-2 at 8 heads: each block serves its group's 2 heads
+    (1, 32, 16, 8, 300, 3, 16, 1),  # the other tiles bench_latent_kernel.py times
+    (1, 32, 16, 8, 300, 2, 128, 1),
+    (1, 32, 16, 8, 300, 2, 64, 2),  # split rows [c_v | c_k | k_pe] (mla_rope_split): the key latent r columns on
+    (2, 16, 16, 8, 200, 2, 64, 2),  # and two blocks of each
 ]
 
 
 def check_cases() -> None:
     """Run in a process with TRITON_INTERPRET=1 (Triton reads it when it is imported)."""
-    for nb, c, rope, heads, length, splits, block_n in CASES:
+    for nb, c, rope, heads, length, splits, block_n, latents in CASES:
         torch.manual_seed(0)
-        kv = torch.randn(2, length + 7, nb * c + rope).half()[:, :length]  # a view of a longer cache
+        kv = torch.randn(2, length + 7, latents * nb * c + rope).half()[:, :length]  # a view of a longer cache
+        key_offset = (latents - 1) * nb * c
         q = torch.randn(2, nb, heads, c + rope).half()
         assert latent_decode.supported(kv, c, rope)
-        out = latent_decode.attend(q, kv, nb, c, rope, scale=0.3, splits=splits, block_n=block_n)
-        ref = reference(q, kv, nb, c, rope, 0.3)
+        out = latent_decode.attend(q, kv, nb, c, rope, scale=0.3, splits=splits, block_n=block_n,
+                                   key_offset=key_offset)
+        ref = reference(q, kv, nb, c, rope, 0.3, key_offset)
         assert out.shape == ref.shape and out.dtype == q.dtype
         error = (out.float() - ref).abs().max().item()
-        assert error < 2e-3, f"case {(nb, c, rope, heads, length, splits, block_n)}: max error {error}"
+        assert error < 2e-3, f"case {(nb, c, rope, heads, length, splits, block_n, latents)}: max error {error}"
 
 
-def gta_steps(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def decode_steps(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A prefill of 20 tokens, then one decode step a token."""
     cache = attn.new_cache(x.size(0), x.size(1), dtype=x.dtype, device=x.device)
     return torch.cat([attn(x[:, :20], cache, 0)] + [attn(x[:, p : p + 1], cache, p) for p in range(20, x.size(1))], 1)
 
 
-def check_gta() -> None:
-    """GTA's decode steps through the kernel (its tied states as latent blocks) equal its einsum path, and take the
-    kernel. Run in a process with TRITON_INTERPRET=1."""
+def check_layers() -> None:
+    """Layers whose decode steps take the kernel beyond MLA's joint row: GTA (its tied states as latent blocks,
+    rope_dim = d_h leaving no key dims in u) and split latents (key latent r columns after the value latent). Each
+    equals its own path without the kernel, and takes the kernel. Run in a process with TRITON_INTERPRET=1."""
     from unittest import mock
 
     from latentlm.model.attention.gta import GroupedTiedAttention
+    from latentlm.model.attention.latent import LatentAttention
 
-    torch.manual_seed(0)
-    for n_kv_heads, rope_dim in ((2, 16), (1, 32)):  # rope_dim = d_h: no key dims in u, the query's zeros all of it
-        attn = GroupedTiedAttention(d_model=256, n_head=8, max_seq_len=64, n_kv_heads=n_kv_heads,
-                                    rope_dim=rope_dim).half()
+    layers = {
+        "gta": lambda: GroupedTiedAttention(d_model=256, n_head=8, max_seq_len=64, n_kv_heads=2, rope_dim=16),
+        "gta one state, rope_dim = d_h": lambda: GroupedTiedAttention(d_model=256, n_head=8, max_seq_len=64,
+                                                                      n_kv_heads=1, rope_dim=32),
+        "split latents": lambda: LatentAttention(d_model=256, n_head=8, max_seq_len=64, rank=0.25, kv_latent="split"),
+        "split latents, 2 blocks": lambda: LatentAttention(d_model=256, n_head=8, max_seq_len=64, rank=0.25,
+                                                           kv_latent="split", n_branches=2),
+    }
+    for name, build in layers.items():
+        torch.manual_seed(0)
+        attn = build().half()
         x = torch.randn(2, 24, 256).half()
-        with mock.patch.object(attn, "_attend_tied", wraps=attn._attend_tied) as tied:
-            kernel = gta_steps(attn, x)
-        assert tied.call_count == 0
+        with mock.patch.object(latent_decode, "attend", wraps=latent_decode.attend) as kernel_calls:
+            kernel = decode_steps(attn, x)
+        assert kernel_calls.call_count == 4, name  # every decode step
         with mock.patch.object(latent_decode, "supported", lambda *a: False):
-            einsum = gta_steps(attn, x)
-        error = (kernel.float() - einsum.float()).abs().max().item()
-        assert error < 5e-3 * einsum.float().abs().max().item(), f"GTA {n_kv_heads, rope_dim}: max error {error}"
+            reference_path = decode_steps(attn, x)
+        error = (kernel.float() - reference_path.float()).abs().max().item()
+        assert error < 5e-3 * reference_path.float().abs().max().item(), f"{name}: max error {error}"
 
 
 @pytest.mark.skipif(tuple(map(int, triton.__version__.split(".")[:2])) < (3, 8),
                     reason="Triton's interpreter before 3.8 fails on numpy 2")
-@pytest.mark.parametrize("check", ["check_cases", "check_gta"])
+@pytest.mark.parametrize("check", ["check_cases", "check_layers"])
 def test_kernel_matches_reference_in_interpreter(check):
     code = f"from tests.test_latent_decode import {check}; {check}()"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -121,7 +137,7 @@ def test_kernel_addresses_caches_over_2_31_elements():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["mla", "mla_rope", "mlra", "gla2", "gla4", "mlra2", "gta"])
+@pytest.mark.parametrize("name", ["mla", "mla_rope", "mla_rope_split", "mlra", "gla2", "gla4", "mlra2", "gta"])
 def test_model_decode_with_kernel_equals_sdpa_path(monkeypatch, name):
     from tests.test_attention import make_gpt
 

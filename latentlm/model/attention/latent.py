@@ -279,7 +279,7 @@ class LatentAttention(Attention):
 
         Each latent block acts as one key/value head shared by the query heads it serves (FlashMLA's "MQA mode";
         with groups, GLA's per-group MQA): the key of block b is its key-latent block and the shared rotary key,
-        its value the value-latent block (the same latent block when joint). A joint decode step runs the split-KV
+        its value the value-latent block (the same latent block when joint). A decode step runs the split-KV
         Triton kernel where it applies (see latent_decode), otherwise one SDPA call.
         """
         B, T, H, _ = q_nope.shape
@@ -289,10 +289,9 @@ class LatentAttention(Attention):
         q_latent = torch.einsum("btgid,pgidc->bpgtic", q_nope.view(B, T, ng, hg, -1), w_uk)  # (B, nbr, ng, T, hg, c)
         q_pe = q_pe.view(B, T, 1, ng, hg, rope).permute(0, 2, 3, 1, 4, 5).expand(B, nbr, ng, T, hg, rope)
         q = torch.cat((q_latent, q_pe), dim=-1).view(B, nb, T * hg, c + rope)  # block b's queries: its heads
-        # The kernel reads each value from its key's latent columns, which only the joint row has; split rows
-        # take SDPA, which accepts keys wider than values.
-        if T == 1 and self.kv_latent == "joint" and latent_decode.supported(kv, c, rope):
-            out = latent_decode.attend(q, kv, nb, c, rope, self.scale)  # (B, nb, H/ng, c)
+        if T == 1 and latent_decode.supported(kv, c, rope):  # a split row's key latent lies r columns further
+            key_offset = (self.n_latents - 1) * self.latent_dim
+            out = latent_decode.attend(q, kv, nb, c, rope, self.scale, key_offset=key_offset)  # (B, nb, H/ng, c)
         else:
             out = self._sdpa_over_cache(q, kv, T)  # (B, nb, T * H/ng, c)
         y = torch.einsum("bpgtic,pgidc->btgid", out.view(B, nbr, ng, T, hg, c), w_uv)  # summed over branches

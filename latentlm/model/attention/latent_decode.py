@@ -4,11 +4,12 @@ In absorbed decoding every query head attends over the same cached rows [latent 
 one key/value head shared by all heads (FlashMLA's "MQA mode"). For MLA+RoPE the key is 288 wide and the value
 256 (the latent part of the same row); no flash/cuDNN SDPA kernel takes unequal widths, and the generic
 fallback reads the cache several times slower than the memory allows. This kernel reads each cached row once
-for all heads:
+for all heads (a split row [c_v | c_k | k_pe], separate key and value latents, has its key block key_offset
+columns after its value block; the joint row's key block is its value block):
 
     program (sequence b, latent block n, split s) loops over its share of the cached positions j:
-        score[h, j] = (q_latent[h] . c_j[block n] + q_pe[h] . k_rope_j) * scale   (H_PAD x BLOCK_N, tl.dot)
-        online softmax over j;  acc[h] += p[h, j] c_j[block n]                       (the value is the latent)
+        score[h, j] = (q_latent[h] . ck_j[block n] + q_pe[h] . k_rope_j) * scale  (H_PAD x BLOCK_N, tl.dot)
+        online softmax over j;  acc[h] += p[h, j] cv_j[block n]                      (the value is the latent)
     then a second kernel merges the splits by their log-sum-exp.
 
 Used for T == 1 steps on CUDA with bf16/fp16 caches when the block width and rotary width are powers of two;
@@ -55,13 +56,15 @@ def _interpreting() -> bool:
 @torch.library.custom_op("latentlm::latent_decode", mutates_args=())
 def attend(
     q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None,
-    block_n: int = BLOCK_N, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES,
+    block_n: int = BLOCK_N, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, key_offset: int = 0,
 ) -> Tensor:
     """Softmax attention of one query token per sequence over every cached row.
 
     q: (B, n_blocks, H, block_dim + rope_dim), the absorbed queries of each latent block: the H heads it serves
     (every head for MLA and MLRA, the n_head / n_groups heads of its group for GLA and MLRA-2).
-    kv: (B, S, n_blocks * block_dim + rope_dim), the cache; block n's key is [c_n | k_pe], its value c_n.
+    kv: (B, S, key_offset + n_blocks * block_dim + rope_dim), the cache; block n's value is c_n (columns
+    n * block_dim...), its key [ck_n | k_pe] with ck_n key_offset columns further (0: the joint row, ck_n = c_n;
+    the split row [c_v | c_k | k_pe] has key_offset = n_blocks * block_dim).
     splits: how many parts the positions are cut into (None: enough programs to fill the GPU twice over, but
     no part shorter than MIN_SPLIT positions). block_n, num_warps, num_stages: the tile (positions per inner-loop
     step, a power of two >= 16) and Triton's launch settings. Returns (B, n_blocks, H, block_dim) in q's dtype.
@@ -69,7 +72,8 @@ def attend(
     """
     B, nb, H, width = q.shape
     S = kv.size(1)
-    assert nb == n_blocks and width == block_dim + rope_dim and kv.size(2) == n_blocks * block_dim + rope_dim
+    latent_dim = key_offset + n_blocks * block_dim  # the rotary key's first column
+    assert nb == n_blocks and width == block_dim + rope_dim and kv.size(2) == latent_dim + rope_dim
     q = q.reshape(B * nb, H, width).contiguous()
     if splits is None:
         sms = torch.cuda.get_device_properties(kv.device).multi_processor_count if kv.is_cuda else 1
@@ -84,8 +88,9 @@ def attend(
         q, kv, parts, lse,
         q.stride(0), q.stride(1), kv.stride(0), kv.stride(1),
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
-        S, per_split, nb, nb * block_dim, scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
-        H=H, H_PAD=h_pad, C=block_dim, R=rope_dim, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
+        S, per_split, nb, latent_dim, key_offset, scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
+        H=H, H_PAD=h_pad, C=block_dim, R=rope_dim, BLOCK_N=block_n, SPLIT=key_offset != 0, num_warps=num_warps,
+        num_stages=num_stages,
     )
     out = torch.empty(B * nb, H, block_dim, device=q.device, dtype=q.dtype)
     merge_kernel[(B * nb, H)](
@@ -97,7 +102,7 @@ def attend(
 
 @attend.register_fake
 def _(q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None,
-      block_n: int = BLOCK_N, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES):
+      block_n: int = BLOCK_N, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, key_offset: int = 0):
     B, nb, H, _ = q.shape
     return q.new_empty(B, nb, H, block_dim)
 
@@ -113,8 +118,9 @@ def _kernels():
         Q, KV, O, LSE,
         stride_qb, stride_qh, stride_kvb, stride_kvs,
         stride_ob, stride_os, stride_oh, stride_lb, stride_ls,
-        S, per_split, n_blocks, latent_dim, scale_log2,
+        S, per_split, n_blocks, latent_dim, key_offset, scale_log2,
         H: tl.constexpr, H_PAD: tl.constexpr, C: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
+        SPLIT: tl.constexpr,
     ):
         row = tl.program_id(0)  # sequence b, latent block n: row = b * n_blocks + n
         split = tl.program_id(1)
@@ -135,8 +141,13 @@ def _kernels():
         for n0 in range(split * per_split, (split + 1) * per_split, BLOCK_N):  # per_split: a multiple of BLOCK_N
             n = n0 + tl.arange(0, BLOCK_N)
             n_ok = n < S  # the last split's tail; every split's first position is < S
-            c_j = tl.load(kv_ptr + n[:, None] * stride_kvs + blk * C + c[None, :], mask=n_ok[:, None], other=0.0)
-            s = tl.dot(q_lat, tl.trans(c_j))  # (H_PAD, BLOCK_N)
+            row_ptr = kv_ptr + n[:, None] * stride_kvs + blk * C + c[None, :]
+            c_j = tl.load(row_ptr, mask=n_ok[:, None], other=0.0)  # the value block (and the joint key block)
+            if SPLIT:  # noqa: SIM108 (a constexpr branch, as Triton compiles it): a split row's key block
+                ck_j = tl.load(row_ptr + key_offset, mask=n_ok[:, None], other=0.0)
+            else:
+                ck_j = c_j
+            s = tl.dot(q_lat, tl.trans(ck_j))  # (H_PAD, BLOCK_N)
             if R > 0:
                 k_pe = tl.load(kv_ptr + n[:, None] * stride_kvs + latent_dim + r[None, :], mask=n_ok[:, None],
                                  other=0.0)
