@@ -108,7 +108,8 @@ class LitGPT(L.LightningModule):
         # The mean over the ranks: the global batch's loss. Lightning turns the progress bar's metrics into numbers
         # after every step, a host-GPU sync that idles the GPU while the host prepares the next step (on an H200
         # the Trainer ran a 30m step 6% slower than a plain loop): the loss goes to the bar only where there is one.
-        self.log("train/loss", loss, prog_bar=self.trainer.progress_bar_callback is not None, sync_dist=True)
+        bar = self._trainer is not None and self._trainer.progress_bar_callback is not None
+        self.log("train/loss", loss, prog_bar=bar, sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

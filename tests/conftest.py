@@ -1,4 +1,5 @@
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -67,6 +68,16 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 def series(rows: list[dict[str, str]], key: str) -> list[tuple[int, float]]:
     """(step, value) of every row that logged `key`."""
     return [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+
+
+def gpu_step_losses(root: Path, run_dir: Path, *overrides: str) -> dict[int, float]:
+    """Each step's training loss of a 20-step smoke run on a GPU (bf16-mixed) with these overrides."""
+    run_train("experiment=smoke", *overrides, "trainer.max_steps=20", "trainer.log_every_n_steps=1",
+              f"hydra.run.dir={run_dir}", root=root, timeout=600)
+    assert json.loads((run_dir / "summary.json").read_text())["precision"] == "bf16-mixed"
+    losses = dict(series(read_metrics(run_dir), "train/loss"))
+    assert len(losses) == 20
+    return losses
 
 
 @pytest.fixture(scope="session")

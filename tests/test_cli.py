@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, SHORT_RUN, read_metrics, run_main, run_train, series
+from conftest import REPO, SHORT_RUN, gpu_step_losses, read_metrics, run_main, run_train, series
 
 import latentlm.train as train_cli
 
@@ -135,15 +135,8 @@ def test_compiled_training_matches_eager(compiled_run, data_root, tmp_path):
 def test_compiled_training_on_gpu_matches_eager_to_bf16_precision(data_root, tmp_path):
     """On a GPU, compile=auto trains in bf16-mixed through CUDA graphs (compile_mode=reduce-overhead): every step's
     loss is eager bf16 training's, to bf16's precision (a graph replaying stale buffers or inputs would not be)."""
-    losses = {}
-    for compile_flag in ("auto", "false"):
-        run_dir = tmp_path / compile_flag
-        run_train("experiment=smoke", f"compile={compile_flag}", "trainer.max_steps=20", "trainer.log_every_n_steps=1",
-                  f"hydra.run.dir={run_dir}", root=data_root, timeout=600)
-        assert json.loads((run_dir / "summary.json").read_text())["precision"] == "bf16-mixed"
-        losses[compile_flag] = dict(series(read_metrics(run_dir), "train/loss"))
-    assert len(losses["auto"]) == 20 and losses["auto"].keys() == losses["false"].keys()
-    assert losses["auto"] == {step: pytest.approx(loss, rel=1e-2) for step, loss in losses["false"].items()}
+    compiled, eager = (gpu_step_losses(data_root, tmp_path / flag, f"compile={flag}") for flag in ("auto", "false"))
+    assert compiled == {step: pytest.approx(loss, rel=1e-2) for step, loss in eager.items()}
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:

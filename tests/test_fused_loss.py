@@ -1,7 +1,6 @@
 """fused_loss=true: Liger Kernel's fused linear cross-entropy equals the plain training loss, on a CPU through
 Triton's interpreter and on a GPU; without CUDA the switch leaves the plain loss."""
 
-import json
 import os
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import sys
 import pytest
 import torch
 import triton
-from conftest import REPO, read_metrics, run_train, series
+from conftest import REPO, gpu_step_losses
 from test_attention import gpt_config
 from test_equal_treatment import ADAMW, SCHEDULE
 
@@ -87,12 +86,5 @@ def test_compiled_fused_loss_compiles_the_model_and_leaves_liger_eager():
 def test_fused_loss_trains_as_the_plain_loss_on_gpu(data_root, tmp_path):
     """The whole path on a GPU: compile=auto (the model in CUDA graphs, Liger eager between them), bf16-mixed;
     every step's loss is the plain loss's to bf16's precision."""
-    losses = {}
-    for fused in ("true", "false"):
-        run_dir = tmp_path / fused
-        run_train("experiment=smoke", f"fused_loss={fused}", "trainer.max_steps=20", "trainer.log_every_n_steps=1",
-                  f"hydra.run.dir={run_dir}", root=data_root, timeout=600)
-        assert json.loads((run_dir / "summary.json").read_text())["precision"] == "bf16-mixed"
-        losses[fused] = dict(series(read_metrics(run_dir), "train/loss"))
-    assert len(losses["true"]) == 20 and losses["true"].keys() == losses["false"].keys()
-    assert losses["true"] == {step: pytest.approx(loss, rel=1e-2) for step, loss in losses["false"].items()}
+    fused, plain = (gpu_step_losses(data_root, tmp_path / flag, f"fused_loss={flag}") for flag in ("true", "false"))
+    assert fused == {step: pytest.approx(loss, rel=1e-2) for step, loss in plain.items()}
