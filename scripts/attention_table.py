@@ -1,21 +1,34 @@
-"""Print the KV-cache and parameter table of docs/attention.md from the real modules (model=30m by default).
+"""Print the KV-cache, parameter and FLOP table of docs/attention.md from the real modules (model=30m by default).
 
     python scripts/attention_table.py [--model 30m] [--ranks 0.5,0.25]
+
+Training FLOPs per token (forward + backward, the whole model at its context) are counted on a meta-device copy by
+latentlm.callbacks.train_flops_per_token, as the training runs count them for MFU; "vs mha_rope" is the ceiling on
+a variant's training speed relative to mha_rope at equal FLOP rate.
 """
 
 import argparse
+from functools import partial
 
 import torch
 from hydra.utils import instantiate
 
+from latentlm.callbacks import train_flops_per_token
 from latentlm.config import compose_train, group_choices
 from latentlm.model.attention.gqa import GroupedQueryAttention
+from latentlm.model.attention.gta import GroupedTiedAttention
 
 
 def build(model: str, attention: str, rank: float):
     cfg = compose_train([f"model={model}", f"attention={attention}", f"rank={rank}"])
     with torch.device("meta"):
         return instantiate(cfg.model, vocab_size=4096, _convert_="all")
+
+
+def flops(model: str, attention: str, rank: float) -> float:
+    """Training FLOPs per token of the whole model at its context."""
+    net = build(model, attention, rank)
+    return train_flops_per_token(partial(build, model, attention, rank), net.block_size)
 
 
 def main() -> None:
@@ -26,9 +39,10 @@ def main() -> None:
     ranks = [float(r) for r in args.ranks.split(",")]
     mha = build(args.model, "mha", 0.5)
     per_layer_mha = mha.blocks[0].attn.kv_cache_elements()
+    flops_mha_rope = flops(args.model, "mha_rope", 0.5)
     print("| variant | rank | cached per token per layer | elements | bf16 bytes/token (all layers) | vs MHA | "
-          "attention params/layer | total params |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+          "attention params/layer | total params | training GFLOP/token | vs mha_rope |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in group_choices("attention"):
         for rank in ranks:
             net = build(args.model, name, rank)
@@ -38,6 +52,8 @@ def main() -> None:
                 continue  # rank does not change non-latent variants
             if isinstance(attn, GroupedQueryAttention):
                 what = f"K and V of each KV head ({attn.n_kv_heads} x 2 x {attn.head_dim})"
+            elif isinstance(attn, GroupedTiedAttention):
+                what = f"tied states u ({attn.n_kv_heads} x {attn.head_dim}) + rotary key {attn.rope_dim}, one row"
             elif not latent:  # GTA, MFA, TPA: the cached tensors by name and per-token shape
                 what = " + ".join(f"{k} {' x '.join(map(str, shape))}" for k, shape in attn.cache_shapes().items())
             else:
@@ -49,9 +65,10 @@ def main() -> None:
                 elif attn.n_branches > 1:
                     what += f" ({attn.n_branches} blocks of {attn.block_dim})"
             elements = attn.kv_cache_elements()
+            train_flops = flops(args.model, name, rank)
             print(f"| {name} | {rank if latent else '-'} | {what} | {elements} | {2 * net.kv_cache_elements():,} | "
                   f"{elements / per_layer_mha - 1:+.1%} | {sum(p.numel() for p in attn.parameters()):,} | "
-                  f"{net.num_params():,} |")
+                  f"{net.num_params():,} | {train_flops / 1e9:.3f} | {train_flops / flops_mha_rope:.2f}x |")
 
 
 if __name__ == "__main__":
