@@ -183,6 +183,21 @@ def test_bench_decode_on_a_cpu_is_cpu_sized_and_writes_into_logs(tmp_path):
     assert "No artists" not in proc.stderr  # the tokens/s plot is drawn at a batch that was measured
 
 
+def test_bench_decode_warms_the_compile_cache_that_its_timed_pass_reads(tmp_path):
+    """--warm-jobs: each variant compiles in a process of its own first, into torch.compile's on-disk cache; the
+    timed pass then loads its graph from there (a cache hit) instead of compiling it again."""
+    cache = tmp_path / "compile_cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "TORCHINDUCTOR_CACHE_DIR": str(cache),
+           "TORCH_LOGS": "+inductor"}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_decode.py"), "--variants", "mha",
+                           "--contexts", "16", "--batches", "2", "--iters", "1", "--compile", "--warm-jobs", "1",
+                           "--out", "out"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warmed 1 of 1 variants' compiled steps" in proc.stdout
+    assert any(cache.rglob("*")) and "fx graph cache hit" in proc.stderr.lower()  # the timed pass's graph
+    assert json.loads((tmp_path / "out" / "bench_decode.json").read_text())["rows"][0]["tokens_per_s"] > 0
+
+
 def test_bench_decode_decodes_naive_only_latent_variants(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_decode.py"), "--variants", "mha,gta:naive"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
