@@ -10,11 +10,12 @@ variant unabsorbed. The paper's decode claim (MLA at r = d/2 is 1.4x faster than
 For each variant (MLA and MLRA with absorbed and naive decoding): the cache bytes per token by formula and
 as measured growth of allocated GPU memory, the largest batch x context that fits --budget-gib, and the
 time of one decode step (one new token per sequence, attending over `context` cached positions) with random
-weights and a random cache, captured in a CUDA graph and replayed. Writes JSON and two PNG plots. Compiling a
-variant's step takes most of its time (~75 s a variant on an H200, two graphs: batch 1 and the rest);
---warm-jobs N compiles every variant first in N processes at once, and the timed pass then reads the compiled
-graphs from torch.compile's on-disk cache (on 2 CPU cores: a 69 s pass became 22 s after a 47 s warm-up). Without a GPU
+weights and a random cache, captured in a CUDA graph and replayed. Writes JSON and two PNG plots. Without a GPU
 the defaults are CPU-sized: the tiny model, contexts 128-512, batches 1 and 8.
+
+Compilation takes most of a variant's time (an H200 call of 15 variants took ~75 s a variant; batch 1 compiles a
+graph of its own). --warm-jobs N compiles every variant first, N processes at once, and the timed pass then reads
+the compiled graphs from torch.compile's on-disk cache (2 CPU cores: a 69 s pass became 22 s after a 47 s warm-up).
 """
 
 import argparse
