@@ -39,7 +39,8 @@ results: $(STAMP)
 	$(PY) -m latentlm.report docs/results --out docs/results.md
 
 # An experiment's table on a GPU: trains `experiment=$(EXPERIMENT)` as one sweep, keeps each trained run's summary
-# in docs/results/$(EXPERIMENT)/runs/ (replacing the committed ones), then `make results`. `make paper` is the MLA
+# in docs/results/$(EXPERIMENT)/runs/ (a committed run of the same name is replaced, the others are kept, so a sweep
+# of some variants, ARGS="attention=gqa,mqa", adds to the table), then `make results`. `make paper` is the MLA
 # small-LM paper's table (paper_mla, 42 runs); `make zoo` every attention variant. JOBS=k runs k jobs at once
 # (hydra/launcher=gpus, spread over the GPUs): on one H200, 15 jobs of the 30m model at once trained 15 runs in
 # 4.7 min, where one at a time takes about 46 s a run (docs/benchmarks.md).
@@ -52,7 +53,7 @@ EXPERIMENT ?= paper_mla
 sweep: $(STAMP)
 	$(PY) -m latentlm.train -m experiment=$(EXPERIMENT) sweep_id=$(SWEEP) \
 	  $(if $(JOBS),hydra/launcher=gpus hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
-	rm -rf docs/results/$(EXPERIMENT)/runs && mkdir -p docs/results/$(EXPERIMENT)/runs
+	mkdir -p docs/results/$(EXPERIMENT)/runs
 	for run in logs/$(EXPERIMENT)/multiruns/$(SWEEP)/*/; do \
 	  grep -q '"status": "skipped"' $$run/summary.json || cp $$run/summary.json docs/results/$(EXPERIMENT)/runs/$$(basename $$run).json; \
 	done

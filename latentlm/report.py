@@ -244,8 +244,9 @@ def reproduce_section(experiments: Sequence[str]) -> str:
     return (
         "## How to reproduce\n\n"
         "On a GPU, each command trains an experiment's sweep (`python -m latentlm.train -m experiment=<name>`), copies "
-        "the summaries of its trained runs into `docs/results/<name>/runs/` (replacing the committed ones) and "
-        "regenerates this file (and each experiment's compare.md, compare.json and plots); `make results` alone "
+        "the summaries of its trained runs into `docs/results/<name>/runs/` (replacing committed runs of the same "
+        "names; `JOBS=k` trains k at once) and regenerates this file (and each experiment's compare.md, compare.json "
+        "and plots); `make results` alone "
         "regenerates it from the committed summaries:\n\n"
         "```bash\n" + "\n".join(commands) + "\n```\n"
     )
