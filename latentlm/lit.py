@@ -38,11 +38,10 @@ class LitGPT(L.LightningModule):
         `scheduler`: a `_partial_` schedule config (configs/scheduler/, latentlm.schedules) without total_steps,
         which is trainer.max_steps. `tokenizer`: the run's tokenizer (latentlm.data.tokenizer.run_tokenizer), kept
         so a checkpoint decodes text on its own. `compile_mode` is how this process trains, not part of the model:
-        it is not saved, and a loaded module runs eagerly; `compile_validation` compiles validation too (by default it
-        runs eagerly: an evaluation graph to compile, and to recompile for a last, smaller batch, costs more than
-        it saves on a validation split this small). `fused_loss`, also how the
-        process trains: on CUDA the training loss is Liger Kernel's fused linear cross-entropy, which never holds
-        the logits whole; elsewhere the plain loss."""
+        it is not saved, and a loaded module runs eagerly. So are the other two: `compile_validation` compiles
+        validation too (by default it runs eagerly: an evaluation graph to compile, and to recompile for a last,
+        smaller batch, costs more than it saves on a validation split this small); `fused_loss` makes the training
+        loss, on CUDA, Liger Kernel's fused linear cross-entropy, which never holds the logits whole."""
         super().__init__()
         # train.py logs the whole config; how this process compiles is not part of the model
         self.save_hyperparameters(ignore=["compile_mode", "compile_validation", "fused_loss"], logger=False)
