@@ -231,6 +231,8 @@ def main() -> None:
     parser.add_argument("--warm-only", action="store_true", help=argparse.SUPPRESS)  # one warming process
     add_out_argument(parser, "decode", "bench_decode.json and the plots")
     args = parser.parse_args()
+    if args.warm_jobs < 0:
+        parser.error(f"--warm-jobs {args.warm_jobs}: give a number of processes (0: no warm-up)")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     defaulted = [key for key in SIZES[device] if getattr(args, key) is None]

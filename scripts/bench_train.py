@@ -27,6 +27,8 @@ import torch
 from bench_plain_loop import load_nanogpt
 from benchlib import add_out_argument, run_dir
 
+from latentlm.config import group_choices
+
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = "mha,mqa,gqa,mla,mla_rope,mlra"
 
@@ -85,6 +87,11 @@ def main() -> None:
         variants = {spec: parse_variant(spec) for spec in args.variants.split(",")}
     except ValueError as err:
         sys.exit(f"error: {err}")
+    plain_loops = [v for v in args.plain_loop.split(",") if v]
+    known = group_choices("attention")
+    unknown = [a for a in [*(a for a, _ in variants.values()), *plain_loops] if a not in known]
+    if unknown:  # before anything runs, in one line
+        sys.exit(f"error: no attention config {', '.join(unknown)}; choose from {', '.join(known)}")
     if args.nanogpt is not None:
         try:
             load_nanogpt(args.nanogpt)  # a wrong path fails here, in one line, before anything runs
@@ -133,7 +140,7 @@ def main() -> None:
         s, row = plain_loop("nanogpt", f"--nanogpt={args.nanogpt.resolve()}")
         rows.append({"variant": "nanogpt", "rank": None, **row, "nanogpt": s["nanogpt"], "bias": s["bias"]})
         save()
-    for variant in filter(None, args.plain_loop.split(",")):
+    for variant in plain_loops:
         _, row = plain_loop(f"{variant}-r{args.rank}-plain-loop", "--ours", f"attention={variant}",
                             f"rank={args.rank}")
         rows.append({"variant": f"{variant} (plain loop)", "rank": args.rank, **row})

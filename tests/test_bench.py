@@ -169,6 +169,15 @@ def test_bench_train_nanogpt_path_errors_are_one_line(tmp_path):
         assert not (tmp_path / "logs").exists()  # nothing ran
 
 
+def test_bench_train_names_unknown_variants_in_one_line_before_any_run(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_train.py"), "--variants", "mha,foo",
+                           "--plain-loop", "bar"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: no attention config foo, bar; choose from gla2, gla4, gqa,")
+    assert not (tmp_path / "logs").exists()  # nothing ran
+
+
 def test_bench_decode_on_a_cpu_is_cpu_sized_and_writes_into_logs(tmp_path):
     proc = run_script("bench_decode.py", "--variants", "mha,gla2,gta", "--contexts", "16,32", "--iters", "2",
                       cwd=tmp_path)
