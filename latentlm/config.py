@@ -119,6 +119,12 @@ def check_cli_keys(argv: list[str]) -> None:
             raise ConfigError(f"{key} is not a config key: {hint} (+{key}=... adds a new key)")
 
 
+def compile_mode(cfg: DictConfig, cuda: bool) -> str | None:
+    """The torch.compile mode training runs in: cfg.compile_mode when `compile` is on (auto: on CUDA only), else
+    None (eager). train.py and the plain-loop benchmark decide it here, so both train alike."""
+    return cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the values that would otherwise fail deep inside training, before any work starts.
 

@@ -26,6 +26,7 @@ from latentlm.config import (
     ConfigError,
     check_cli_choices,
     check_cli_keys,
+    compile_mode,
     fail,
     register_resolvers,
     validate,
@@ -133,14 +134,14 @@ def _fit(cfg: DictConfig, out_dir: Path, timings: dict[str, float], started: flo
     datamodule.setup()
     datamodule.export_tokenizer(out_dir)
     build_net = partial(instantiate, cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
-    compile_mode = cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
-    if compile_mode is not None:
+    mode = compile_mode(cfg, cuda)
+    if mode is not None:
         # Every job of a sweep traces from scratch. Otherwise torch.compile, seeing a second model of other
         # sizes in the same process, marks them dynamic: later jobs would train with other (symbolic-shape) kernels
         # than the first, and on an H200 that recompilation under CUDA graphs segfaulted.
         torch._dynamo.reset()
     module = instantiate(cfg.module, vocab_size=datamodule.vocab_size, tokenizer=run_tokenizer(out_dir),
-                         compile_mode=compile_mode, compile_validation=cfg.compile_validation,
+                         compile_mode=mode, compile_validation=cfg.compile_validation,
                          fused_loss=cfg.fused_loss, _convert_="all")
     net = module.net
     log.info(

@@ -25,8 +25,7 @@ from functools import partial
 
 import torch
 from benchlib import add_out_argument
-from hydra.utils import get_class
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
 
 from latentlm.config import compose_train
 from latentlm.model.attention import latent_decode
@@ -64,15 +63,12 @@ def median_seconds(call, iters: int) -> float:
 
 
 def latent_layer(attention: str, rank: float, model: str) -> LatentAttention:
+    """The first attention layer of the configured model, built on the meta device as the model builds it."""
     cfg = compose_train([f"model={model}", f"attention={attention}", f"rank={rank}"])
-    kwargs = OmegaConf.to_container(cfg.attention, resolve=True)
-    if get_class(kwargs["_target_"]) is not LatentAttention:
-        raise ValueError(f"attention={attention} is not a latent variant (its _target_ is {kwargs['_target_']})")
-    for key in ("_target_", "name", "twin", "pos_emb"):
-        kwargs.pop(key, None)
     with torch.device("meta"):
-        layer = LatentAttention(d_model=cfg.model.d_model, n_head=cfg.model.n_head, max_seq_len=cfg.model.block_size,
-                                **kwargs)
+        layer = instantiate(cfg.model, vocab_size=1, _convert_="all").blocks[0].attn
+    if not isinstance(layer, LatentAttention):
+        raise ValueError(f"attention={attention} is not a latent variant (its _target_ is {cfg.attention._target_})")
     return layer
 
 

@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from latentlm.config import compile_mode
+
 
 def load_nanogpt(path: Path) -> ModuleType:
     """PATH/model.py imported as the module `nanogpt_model`; a ValueError (one line) when it is not nanoGPT's."""
@@ -129,7 +131,7 @@ def time_nanogpt(nanogpt: ModuleType, cfg: DictConfig) -> dict[str, Any]:
 
     shape = bench_shape(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    compile_model = device.type == "cuda" if cfg.compile == "auto" else bool(cfg.compile)
+    compile_model = compile_mode(cfg, device.type == "cuda") is not None  # in nanoGPT's own (default) mode
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as bench.py
@@ -176,11 +178,11 @@ def time_ours(cfg: DictConfig) -> dict[str, Any]:
     shape = bench_shape(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
-    compile_mode = cfg.compile_mode if (cuda if cfg.compile == "auto" else cfg.compile) else None
+    mode = compile_mode(cfg, cuda)
     torch.manual_seed(cfg.seed)
     if cuda:
         torch.set_float32_matmul_precision("high")  # as train.py
-    module = instantiate(cfg.module, vocab_size=shape["vocab_size"], compile_mode=compile_mode,
+    module = instantiate(cfg.module, vocab_size=shape["vocab_size"], compile_mode=mode,
                          compile_validation=False, _convert_="all").to(device)
     optimizer, schedule = module.optimizer_and_schedule(cfg.trainer.max_steps)
     clip = cfg.trainer.gradient_clip_val
@@ -201,7 +203,7 @@ def time_ours(cfg: DictConfig) -> dict[str, Any]:
     timed = time_steps(step, shape, device)
     flops_per_token = train_flops_per_token(
         partial(instantiate, cfg.model, vocab_size=shape["vocab_size"], _convert_="all"), shape["seq_len"])
-    return {**loop_summary(timed, flops_per_token, module.net.num_params(), shape, device, compile_mode is not None),
+    return {**loop_summary(timed, flops_per_token, module.net.num_params(), shape, device, mode is not None),
             "attention": cfg.attention.name, "kv_elements_per_token": module.net.kv_cache_elements()}
 
 

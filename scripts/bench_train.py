@@ -119,6 +119,16 @@ def main() -> None:
             "date": str(date.today()), "time": time.strftime("%H:%M:%S"), "command": " ".join(sys.argv),
             "experiment": args.experiment, "matmul_tflops": matmul, "rows": rows}, indent=2))
 
+    def columns(s: dict, ms_per_step: float, kv_elements: int) -> dict:
+        """The table's columns from a run's summary (a Trainer run's or a plain loop's)."""
+        return {
+            "params": s["params"], "tokens_per_s": s["tokens_per_s"], "ms_per_step": ms_per_step, "mfu": s["mfu"],
+            "flops_per_token": s["flops_per_token"],
+            "matmul_fraction": s["tokens_per_s"] * s["flops_per_token"] / (matmul * 1e12) if matmul else None,
+            "peak_memory_gib": s["peak_memory_gib"], "kv_elements_per_token": kv_elements,
+            "device": s["device"], "precision": s["precision"],
+        }
+
     def plain_loop(name: str, flag: str, *overrides: str) -> tuple[dict, dict]:
         """bench_plain_loop.py's summary, in a process of its own, and its row."""
         out_dir = (args.runs / name).resolve()
@@ -127,14 +137,8 @@ def main() -> None:
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
         s = json.loads((out_dir / "summary.json").read_text())
-        return s, {
-            "params": s["params"], "tokens_per_s": s["tokens_per_s"], "ms_per_step": s["ms_per_step"],
-            "mfu": s["mfu"], "flops_per_token": s["flops_per_token"],
-            "matmul_fraction": s["tokens_per_s"] * s["flops_per_token"] / (matmul * 1e12) if matmul else None,
-            "peak_memory_gib": s["peak_memory_gib"], "kv_elements_per_token": s["kv_elements_per_token"],
-            "device": s["device"], "precision": s["precision"], "shape": s["shape"], "compiled": s["compiled"],
-            "fused_adamw": s["fused_adamw"],
-        }
+        return s, {**columns(s, s["ms_per_step"], s["kv_elements_per_token"]), "shape": s["shape"],
+                   "compiled": s["compiled"], "fused_adamw": s["fused_adamw"]}
 
     if args.nanogpt is not None:
         s, row = plain_loop("nanogpt", f"--nanogpt={args.nanogpt.resolve()}")
@@ -152,15 +156,9 @@ def main() -> None:
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
         s = json.loads((variant_dir / "summary.json").read_text())
-        cfg_batch_tokens = s["tokens"] / s["steps"]
-        rows.append({
-            "variant": variant, "rank": args.rank, "params": s["params"], "tokens_per_s": s["tokens_per_s"],
-            "ms_per_step": 1e3 * cfg_batch_tokens / s["tokens_per_s"], "mfu": s["mfu"],
-            "flops_per_token": s["flops_per_token"],
-            "matmul_fraction": s["tokens_per_s"] * s["flops_per_token"] / (matmul * 1e12) if matmul else None,
-            "peak_memory_gib": s["peak_memory_gib"], "kv_elements_per_token": s["kv_cache"]["elements_per_token"],
-            "device": s["device"], "precision": s["precision"],
-        })
+        ms_per_step = 1e3 * s["tokens"] / s["steps"] / s["tokens_per_s"]
+        rows.append({"variant": variant, "rank": args.rank,
+                     **columns(s, ms_per_step, s["kv_cache"]["elements_per_token"])})
         save()
     print(f"\n{rows[0]['device']}, {rows[0]['precision']}, bf16 matmul measured: "
           f"{matmul:.0f} TFLOP/s\n" if matmul else "\n")
