@@ -6,11 +6,11 @@
 One layer's absorbed decode attention (latent_decode.attend) of the configured variant (MLA+RoPE at rank 0.5 on the
 30m model: one latent block of 256 and a rotary key of 32, shared by 8 query heads), on a random bf16 cache of
 batch x positions rows, for every tile (block_n x num_warps x num_stages) and split count: the median of --iters
-calls, each timed by CUDA events. The bytes a call must read are the cache's (batch x positions x row width x 2)
-and the queries'; GB/s = those bytes / the time. The memory bandwidth it is compared with is measured here, by
-copying a 4 GiB buffer on the device (read + write). Writes bench_latent_kernel.json and prints, for each shape,
-the kernel's default settings and the fastest ones tried. A layer's cache at batch 1 x 4096 (2.4 MB) fits in L2,
-so that shape can beat the memory bandwidth.
+calls, each a CUDA graph's replay timed by CUDA events. The bytes a call must read are the cache's (batch x positions
+x row width x 2) and the queries'; GB/s = those bytes / the time. The memory bandwidth it is compared with is
+measured here, by copying a 4 GiB buffer on the device (read + write). Writes bench_latent_kernel.json and prints,
+for each shape, the kernel's default settings and the fastest ones tried. A layer's cache at batch 1 x 4096 (2.4 MB)
+fits in L2, so that shape can beat the memory bandwidth.
 """
 
 import argparse
@@ -50,12 +50,18 @@ def memory_bandwidth_gbs(gib: int = 4, repeats: int = 10) -> float:
 
 
 def median_seconds(call, iters: int) -> float:
+    """Median GPU time of `call` captured in a CUDA graph and replayed: the kernels' time without the host's launch
+    cost, which at batch 1 is longer than the kernels (timed eagerly, batch 1 x 4,096 read 97-255 us, mostly launch
+    and Python; the model's decode step replays a graph too)."""
     call()  # compiles this tile's kernel on first use
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
     times = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        call()
+        graph.replay()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)

@@ -12,9 +12,11 @@ the step, all-reduces included, is captured in a CUDA graph (eager if the captur
 replayed --iters times; the median over replays, the slowest rank's, gives ms/step and tokens/s (batch / step).
 The step is not torch.compiled, so compare these rows with each other rather than with bench_decode.py's.
 Cache bytes per token on one device are measured from the rank's real cache tensors (all layers) and listed beside
-the formula, kv_cache_elements_per_device(tp) x layers x bytes per element. On GPU, one eager step under
-torch.profiler splits rank 0's GPU time into NCCL kernels (the all-reduces, waiting for the other ranks included)
-and the rest (attention, MLP, ...). Embeddings, norms and MLPs are replicated on every rank (tensor_parallel.py).
+the formula, kv_cache_elements_per_device(tp) x layers x bytes per element. With more than one rank, the step's
+collectives alone (one all-reduce of its (batch, 1, d_model) activations a layer) are timed the same way
+(allreduce_ms): the share of the step the interconnect takes. (A profiler's NCCL kernel time is no measure of it:
+an all-reduce kernel starts on one GPU and waits there for the other's, so it counts the ranks' skew.)
+Embeddings, norms and MLPs are replicated on every rank (tensor_parallel.py).
 
 Without a GPU the defaults are a gloo smoke that runs in seconds: the tiny model, 2 processes, contexts 64 and 128,
 batches 1 and 4, 3 steps. Rank 0 writes bench_tp_decode.json into --out.
@@ -26,11 +28,13 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import Tensor
 from bench_decode import build, parse_variant
 from benchlib import add_out_argument
 
@@ -44,10 +48,8 @@ SIZES = {  # defaults: the paper-sized benchmark on GPUs, a smoke on a CPU
 
 
 @torch.inference_mode()
-def time_step(net, caches, batch: int, context: int, device: str, iters: int) -> tuple[float, bool]:
-    """Seconds of one decode step (median over iters, then the slowest rank's) and whether a CUDA graph ran it."""
-    idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    step = lambda: net(idx, caches, context)  # noqa: E731
+def median_seconds(step: Callable[[], object], device: str, iters: int) -> tuple[float, bool]:
+    """Seconds of one call of `step` (median over iters, then the slowest rank's) and whether a CUDA graph ran it."""
     graph = None
     if device.startswith("cuda"):
         stream = torch.cuda.Stream()
@@ -88,20 +90,10 @@ def time_step(net, caches, batch: int, context: int, device: str, iters: int) ->
     return median.item(), graph is not None
 
 
-@torch.inference_mode()
-def gpu_time_split(net, caches, batch: int, context: int, device: str) -> dict[str, float]:
-    """GPU milliseconds of one eager step on this rank: NCCL kernels (all-reduce + waiting) and all other kernels."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    dist.barrier()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        net(idx, caches, context)
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-    nccl = sum(e.device_time for e in kernels if "nccl" in e.name.lower()) / 1e3
-    return {"allreduce_ms": nccl, "other_kernels_ms": sum(e.device_time for e in kernels) / 1e3 - nccl}
+def all_reduces(x: Tensor, layers: int) -> None:
+    """The collectives of one decode step alone: one all-reduce of the step's activations a layer."""
+    for _ in range(layers):
+        dist.all_reduce(x)
 
 
 def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
@@ -137,10 +129,13 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
                             t.normal_()
                     held = sum(t.numel() * t.element_size() for cache in caches for t in cache.tensors.values())
                     row["measured_cache_bytes_per_token_per_device"] = held / (batch * (context + 1))
-                    seconds, graphed = time_step(net, caches, batch, context, device, args.iters)
+                    idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
+                    seconds, graphed = median_seconds(lambda: net(idx, caches, context), device, args.iters)
                     row.update(ms_per_step=seconds * 1e3, tokens_per_s=batch / seconds, cuda_graph=graphed)
-                    if args.cuda and args.profile:
-                        row.update(gpu_time_split(net, caches, batch, context, device))
+                    if world_size > 1:
+                        x = torch.zeros(batch, 1, net.wte.embedding_dim, device=device, dtype=dtype)
+                        reduce_s, _ = median_seconds(lambda: all_reduces(x, len(net.blocks)), device, args.iters)
+                        row["allreduce_ms"] = reduce_s * 1e3
                     del caches
                     if args.cuda:
                         torch.cuda.empty_cache()
@@ -174,8 +169,6 @@ def main() -> None:
     parser.add_argument("--rank", type=float, default=0.5, help="rank of the latent variants without @rank")
     parser.add_argument("--nproc", type=int, help="processes to spawn without torchrun (default: GPUs, or 2)")
     parser.add_argument("--budget-gib", type=float, default=100.0, help="cache memory per device")
-    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
-                        help="split one step's GPU time into all-reduce and the rest (GPU only)")
     add_out_argument(parser, "tp_decode", "bench_tp_decode.json")
     args = parser.parse_args()
     args.cuda = torch.cuda.is_available()

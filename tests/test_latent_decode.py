@@ -44,6 +44,9 @@ CASES = [  # (n_blocks, block width, rotary width, heads, cached positions, spli
     (1, 32, 16, 8, 300, 2, 128, 1),
     (1, 32, 16, 8, 300, 2, 64, 2),  # split rows [c_v | c_k | k_pe] (mla_rope_split): the key latent r columns on
     (2, 16, 16, 8, 200, 2, 64, 2),  # and two blocks of each
+    (1, 24, 16, 8, 300, 2, 64, 1),  # widths that are no power of two (the 124m model's 384 and 96), padded to 32
+    (4, 24, 8, 2, 130, 2, 64, 1),  # ... the rotary key's too (8 -> 16)
+    (2, 24, 16, 8, 200, 2, 64, 2),  # ... in split rows, whose key block starts mid-tile
 ]
 
 
@@ -116,10 +119,10 @@ def test_unsupported_shapes_fall_back():
 
 
 @pytest.mark.gpu
-def test_kernel_takes_16_bit_rows_it_fits_on_gpu():
+def test_kernel_takes_16_bit_rows_of_any_width_on_gpu():
     kv = torch.zeros(1, 8, 256 + 32, device="cuda", dtype=torch.bfloat16)
     assert latent_decode.supported(kv, 256, 32)
-    assert not latent_decode.supported(torch.zeros(1, 8, 384 + 32, device="cuda", dtype=torch.bfloat16), 384, 32)
+    assert latent_decode.supported(torch.zeros(1, 8, 384 + 32, device="cuda", dtype=torch.bfloat16), 384, 32)
     assert not latent_decode.supported(kv.float(), 256, 32)
 
 

@@ -12,9 +12,10 @@ columns after its value block; the joint row's key block is its value block):
         online softmax over j;  acc[h] += p[h, j] cv_j[block n]                      (the value is the latent)
     then a second kernel merges the splits by their log-sum-exp.
 
-Used for T == 1 steps on CUDA with bf16/fp16 caches when the block width and rotary width are powers of two;
-`supported` says when. Everything else (CPU, prefill chunks, other widths) takes the SDPA path, which the tests
-pin this kernel against (on GPU, and on CPU through Triton's interpreter).
+Used for T == 1 steps on CUDA with bf16/fp16 caches; `supported` says when. A width that is not a power of two
+(the 124m model's 384-wide latent, MLRA-4's 96-wide blocks) is padded to the next one inside the kernel, its extra
+columns masked out of every load and store. Everything else (CPU, prefill chunks) takes the SDPA path, which the
+tests pin this kernel against (on GPU, and on CPU through Triton's interpreter).
 """
 
 import math
@@ -29,15 +30,16 @@ NUM_WARPS, NUM_STAGES = 4, 2  # scripts/bench_latent_kernel.py times other tiles
 MIN_SPLIT = 256  # fewest positions per split: shorter ones add merge work for little extra parallelism
 
 
-def _pow2(n: int) -> bool:
-    return n >= 16 and n & (n - 1) == 0
+def padded(width: int) -> int:
+    """The kernel's tile width for `width` columns: the next power of two, at least 16 (tl.dot's smallest)."""
+    return max(16, 1 << (width - 1).bit_length())
 
 
 def supported(kv: Tensor, block_dim: int, rope_dim: int) -> bool:
-    """Whether `attend` runs for this cache: CUDA (or Triton's interpreter), 16-bit, power-of-two widths."""
+    """Whether `attend` runs for this cache: CUDA (or Triton's interpreter), 16-bit, rows contiguous."""
     on_device = kv.is_cuda or (kv.device.type == "cpu" and _interpreting())
-    widths = _pow2(block_dim) and (rope_dim == 0 or _pow2(rope_dim))
-    return on_device and widths and kv.dtype in (torch.bfloat16, torch.float16) and kv.stride(-1) == 1 and _triton()
+    return on_device and block_dim > 0 and kv.dtype in (torch.bfloat16, torch.float16) and kv.stride(-1) == 1 \
+        and _triton()
 
 
 @cache
@@ -89,13 +91,14 @@ def attend(
         q.stride(0), q.stride(1), kv.stride(0), kv.stride(1),
         parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
         S, per_split, nb, latent_dim, key_offset, scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
-        H=H, H_PAD=h_pad, C=block_dim, R=rope_dim, BLOCK_N=block_n, SPLIT=key_offset != 0, num_warps=num_warps,
-        num_stages=num_stages,
+        H=H, H_PAD=h_pad, C=block_dim, C_PAD=padded(block_dim), R=rope_dim, R_PAD=padded(rope_dim) if rope_dim else 0,
+        BLOCK_N=block_n, SPLIT=key_offset != 0, num_warps=num_warps, num_stages=num_stages,
     )
     out = torch.empty(B * nb, H, block_dim, device=q.device, dtype=q.dtype)
     merge_kernel[(B * nb, H)](
         parts, lse, out, parts.stride(0), parts.stride(1), parts.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1), splits, SPLITS_PAD=max(2, 1 << (splits - 1).bit_length()), C=block_dim,
+        C_PAD=padded(block_dim),
     )
     return out.view(B, nb, H, block_dim)
 
@@ -119,38 +122,41 @@ def _kernels():
         stride_qb, stride_qh, stride_kvb, stride_kvs,
         stride_ob, stride_os, stride_oh, stride_lb, stride_ls,
         S, per_split, n_blocks, latent_dim, key_offset, scale_log2,
-        H: tl.constexpr, H_PAD: tl.constexpr, C: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
-        SPLIT: tl.constexpr,
+        H: tl.constexpr, H_PAD: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr, R: tl.constexpr,
+        R_PAD: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     ):
         row = tl.program_id(0)  # sequence b, latent block n: row = b * n_blocks + n
         split = tl.program_id(1)
         b, blk = row // n_blocks, row % n_blocks
         heads = tl.arange(0, H_PAD)
         head_ok = heads < H  # heads padded to 16 rows, the smallest tl.dot
-        c = tl.arange(0, C)
+        c = tl.arange(0, C_PAD)
+        c_ok = c < C  # columns past the block's width: zeros in the query, never read from the cache
         q_ptr = Q + row * stride_qb + heads[:, None] * stride_qh
-        q_lat = tl.load(q_ptr + c[None, :], mask=head_ok[:, None], other=0.0)  # (H_PAD, C)
+        q_lat = tl.load(q_ptr + c[None, :], mask=head_ok[:, None] & c_ok[None, :], other=0.0)  # (H_PAD, C_PAD)
         if R > 0:
-            r = tl.arange(0, R)
-            q_pe = tl.load(q_ptr + C + r[None, :], mask=head_ok[:, None], other=0.0)  # (H_PAD, R)
+            r = tl.arange(0, R_PAD)
+            r_ok = r < R
+            q_pe = tl.load(q_ptr + C + r[None, :], mask=head_ok[:, None] & r_ok[None, :], other=0.0)  # (H_PAD, R_PAD)
 
         m = tl.full((H_PAD,), float("-inf"), tl.float32)  # running max of scores (log2 units)
         l = tl.zeros((H_PAD,), tl.float32)  # running sum of exp2(score - m)
-        acc = tl.zeros((H_PAD, C), tl.float32)
+        acc = tl.zeros((H_PAD, C_PAD), tl.float32)
         kv_ptr = KV + b.to(tl.int64) * stride_kvb  # a large cache (B x S x width > 2^31 elements) overflows int32
         for n0 in range(split * per_split, (split + 1) * per_split, BLOCK_N):  # per_split: a multiple of BLOCK_N
             n = n0 + tl.arange(0, BLOCK_N)
             n_ok = n < S  # the last split's tail; every split's first position is < S
             row_ptr = kv_ptr + n[:, None] * stride_kvs + blk * C + c[None, :]
-            c_j = tl.load(row_ptr, mask=n_ok[:, None], other=0.0)  # the value block (and the joint key block)
+            row_ok = n_ok[:, None] & c_ok[None, :]
+            c_j = tl.load(row_ptr, mask=row_ok, other=0.0)  # the value block (and the joint key block)
             if SPLIT:  # noqa: SIM108 (a constexpr branch, as Triton compiles it): a split row's key block
-                ck_j = tl.load(row_ptr + key_offset, mask=n_ok[:, None], other=0.0)
+                ck_j = tl.load(row_ptr + key_offset, mask=row_ok, other=0.0)
             else:
                 ck_j = c_j
             s = tl.dot(q_lat, tl.trans(ck_j))  # (H_PAD, BLOCK_N)
             if R > 0:
-                k_pe = tl.load(kv_ptr + n[:, None] * stride_kvs + latent_dim + r[None, :], mask=n_ok[:, None],
-                                 other=0.0)
+                k_pe = tl.load(kv_ptr + n[:, None] * stride_kvs + latent_dim + r[None, :],
+                               mask=n_ok[:, None] & r_ok[None, :], other=0.0)
                 s += tl.dot(q_pe, tl.trans(k_pe))
             s = tl.where(n_ok[None, :], s * scale_log2, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
@@ -161,13 +167,13 @@ def _kernels():
             m = m_new
 
         o_ptr = O + row * stride_ob + split * stride_os + heads[:, None] * stride_oh + c[None, :]
-        tl.store(o_ptr, acc / l[:, None], mask=head_ok[:, None])
+        tl.store(o_ptr, acc / l[:, None], mask=head_ok[:, None] & c_ok[None, :])
         tl.store(LSE + row * stride_lb + split * stride_ls + heads, m + tl.log2(l), mask=head_ok)
 
     @triton.jit
     def merge_kernel(
         PARTS, LSE, OUT, stride_pb, stride_ps, stride_ph, stride_lb, stride_ls, stride_ob, stride_oh,
-        splits, SPLITS_PAD: tl.constexpr, C: tl.constexpr,
+        splits, SPLITS_PAD: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr,
     ):
         """out[row, h] = sum over splits of softmax(lse)[split] * parts[row, split, h], in q's dtype."""
         row, h = tl.program_id(0), tl.program_id(1)
@@ -176,10 +182,11 @@ def _kernels():
         lse = tl.load(LSE + row * stride_lb + sp * stride_ls + h, mask=sp_ok, other=float("-inf"))
         w = tl.exp2(lse - tl.max(lse, axis=0))
         w = w / tl.sum(w, axis=0)
-        c = tl.arange(0, C)
+        c = tl.arange(0, C_PAD)
+        c_ok = c < C
         parts = tl.load(PARTS + row * stride_pb + sp[:, None] * stride_ps + h * stride_ph + c[None, :],
-                        mask=sp_ok[:, None], other=0.0)
+                        mask=sp_ok[:, None] & c_ok[None, :], other=0.0)
         out = tl.sum(w[:, None] * parts, axis=0)
-        tl.store(OUT + row * stride_ob + h * stride_oh + c, out.to(OUT.dtype.element_ty))
+        tl.store(OUT + row * stride_ob + h * stride_oh + c, out.to(OUT.dtype.element_ty), mask=c_ok)
 
     return latent_decode_kernel, merge_kernel
