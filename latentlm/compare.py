@@ -150,11 +150,14 @@ def complete_summary(summary: dict[str, Any], run: str) -> dict[str, Any]:
 def current_config(config: dict[str, Any]) -> dict[str, Any]:
     """An older run's resolved config in today's words, each the same training as before: the schedule as a
     function's config (f825408; tests/test_schedules.py pins warmup_cosine to the former LinearLR + cosine), the
-    block family that was the only one (bf5e299), the data module and the tokenizer named by `_target_`
-    (DATA_SOURCES, TOKENIZER_KINDS)."""
+    block family that was the only one (bf5e299), the Trainer's strategy that Lightning chose when none was named
+    (before trainer=ddp, 33c89ea), the data module and the tokenizer named by `_target_` (DATA_SOURCES,
+    TOKENIZER_KINDS)."""
     config = copy.deepcopy(config)
     if isinstance(config.get("model"), dict):
         config["model"].setdefault("block", "gpt2")  # before the llama block
+    if isinstance(config.get("trainer"), dict):
+        config["trainer"].setdefault("strategy", "auto")  # Lightning's default, which the older runs trained with
     scheduler = config.get("scheduler")
     if isinstance(scheduler, dict) and "_target_" not in scheduler:  # before schedules were functions
         config["scheduler"] = {"_target_": "latentlm.schedules.warmup_cosine", "_partial_": True, **scheduler}

@@ -6,7 +6,8 @@ copied from its run dir) becomes one section of the report:
 - the setup, read from the runs' resolved configs and summaries;
 - compare's tables and plots (compare.md, compare.json and the PNGs are rewritten in the experiment folder);
 - training speed, where the folder holds a `bench_train.json` of its variants (scripts/bench_train.py --out <folder>);
-- decode speed, where the folder holds a `bench_decode.json` of its variants (scripts/bench_decode.py --out <folder>);
+- decode speed, one table for each `bench_decode*.json` in the folder (scripts/bench_decode.py --out <folder>; one
+  file a benchmark call, since a ratio to the twin holds only within a call);
 - claims generated from the numbers, each with its n, its 95% interval and whether the interval holds 0.
 """
 
@@ -41,7 +42,7 @@ from latentlm.config import fail
 
 INTRO = "intro.md"  # optional, beside runs/
 TRAIN = "bench_train.json"  # optional, beside runs/: scripts/bench_train.py's output for these variants
-DECODE = "bench_decode.json"  # optional, beside runs/: scripts/bench_decode.py's output for these variants
+DECODE = "bench_decode*.json"  # optional, beside runs/: scripts/bench_decode.py's outputs, one a call
 SETUP_KEYS = (  # resolved-config settings shown under Setup (the group headers name any other that differs)
     "model.d_model",
     "model.n_layer",
@@ -176,14 +177,16 @@ def twin_of(variant: str) -> str | None:
 def train_table(bench: dict[str, Any]) -> str:
     """Training tokens/s through the Trainer of each variant a bench_train.json measured, with its ratio to the
     twin's and its FLOPs per token over the twin's, both from the same call (the reference rows, nanoGPT and plain
-    loops, are in docs/benchmarks.md)."""
+    loops, are in docs/benchmarks.md). A row that times a switch (`mha+fused_loss=true`) is compared with its plain
+    variant (`mha`): the comparison changes that switch alone."""
     rows = {r["variant"]: r for r in bench["rows"] if r["variant"] != "nanogpt" and "(" not in r["variant"]}
     device = next(iter(rows.values()))["device"] if rows else "?"
     lines = [f"Training tokens/s through the Trainer ({device}, {bench['date']}, `{bench['command']}`; the twin "
              "measured in the same call):\n",
              "| variant | tokens/s | vs twin | FLOPs/token vs twin | MFU |", "|---|---|---|---|---|"]
     for v, r in rows.items():
-        twin = rows.get(twin_of(v) or "")
+        attention, switched = v.partition("+")[::2]
+        twin = rows.get(attention if switched else twin_of(v) or "")
         speed, flops = (f"{r[k] / twin[k]:.2f}x" if twin else "–" for k in ("tokens_per_s", "flops_per_token"))
         mfu = "–" if r.get("mfu") is None else f"{r['mfu']:.1%}"
         lines.append(f"| {v} | {r['tokens_per_s']:,.0f} | {speed} | {flops} | {mfu} |")
@@ -232,8 +235,8 @@ def experiment_section(folder: Path, results_md: Path, metric: str = "final") ->
         ]
     if (folder / TRAIN).is_file():
         parts += ["### Training speed\n", train_table(json.loads((folder / TRAIN).read_text()))]
-    if (folder / DECODE).is_file():
-        parts += ["### Decode speed\n", decode_table(json.loads((folder / DECODE).read_text()))]
+    if decode_calls := sorted(folder.glob(DECODE)):
+        parts += ["### Decode speed\n"] + [decode_table(json.loads(path.read_text())) for path in decode_calls]
     claims = twin_claims(comparison) + rank_claims(comparison)
     parts += ["### Claims\n", "".join(f"- {claim}\n" for claim in claims) or "No variant has a twin here.\n"]
     return "\n".join(parts)

@@ -243,6 +243,16 @@ def test_runs_older_than_a_config_key_compare_with_runs_at_its_equivalent_value(
     assert variant(comparison, "mla_rope", 0.5, **{"model.block": "llama"}).loss_n == 1
 
 
+def test_runs_from_before_trainer_strategy_compare_with_runs_at_lightnings_default(tmp_path):
+    """CONFIG has no trainer.strategy (older runs, one device): Lightning picked "auto", as newer runs name it;
+    DDP is another training (its batches are split over ranks)."""
+    auto = summary("mla_rope", 4, 2.2, rank=0.5, kv=288, sweep="s2", changes={"trainer.strategy": "auto"})
+    ddp = summary("mla_rope", 5, 2.6, rank=0.5, kv=288, sweep="s2", changes={"trainer.strategy": "ddp"})
+    comparison = compare.compare([str(write_runs(tmp_path, [*RUNS, auto, ddp]))])
+    assert list(comparison.headers.values()) == ["trainer.strategy=auto", "trainer.strategy=ddp"]
+    assert variant(comparison, "mla_rope", 0.5, **{"trainer.strategy": "auto"}).loss_n == 4
+
+
 def test_runs_from_before_data_and_tokenizer_targets_compare_with_newer_runs(tmp_path):
     """CONFIG names its data source and tokenizer kind (older runs); newer configs name their classes."""
     newer = summary("mla_rope", 4, 2.2, rank=0.5, kv=288, sweep="s2")
@@ -705,6 +715,27 @@ def test_report_tables_decode_speed_against_the_twin_measured_in_the_same_call()
     ]
 
 
+def test_report_gives_each_decode_benchmark_call_its_own_table(results):
+    """A folder may hold several bench_decode*.json (one a call): each is tabled on its own, since a variant's ratio
+    to its twin holds only within one call."""
+    def call(command: str, rate: float) -> dict:
+        return {"gpu": "H200", "device": "cuda", "date": "2026-12-01", "command": command,
+                "summary": [{"variant": v, "bytes_per_token": b} for v, b in (("mha_rope", 16384), ("gta", 2560))],
+                "rows": [{"variant": "mha_rope", "batch": 64, "context": 4096, "tokens_per_s": 50000.0},
+                         {"variant": "gta", "batch": 64, "context": 4096, "tokens_per_s": rate}]}
+
+    folder = results / "paper_mla"
+    (folder / "bench_decode.json").write_text(json.dumps(call("bench_decode.py --variants mha_rope,gta", 25000.0)))
+    (folder / "bench_decode_kernel.json").write_text(json.dumps(call("bench_decode.py # gta's kernel", 100000.0)))
+    out = results.parent / "results.md"
+    report.main([str(results), "--out", str(out)])
+    text = out.read_text()
+    decode = text[text.index("### Decode speed") : text.index("### Claims")]
+    assert text.count("### Decode speed") == 1
+    assert decode.index("`bench_decode.py --variants mha_rope,gta`") < decode.index("`bench_decode.py # gta's kernel`")
+    assert "| gta | 2,560 | 25,000 (0.50x) |" in decode and "| gta | 2,560 | 100,000 (2.00x) |" in decode
+
+
 def test_report_tables_training_speed_against_the_twin_measured_in_the_same_call():
     def row(variant, tokens_per_s, flops, mfu=0.3):
         return {"variant": variant, "tokens_per_s": tokens_per_s, "flops_per_token": flops, "mfu": mfu,
@@ -712,7 +743,8 @@ def test_report_tables_training_speed_against_the_twin_measured_in_the_same_call
 
     bench = {"date": "2026-12-01", "command": "bench_train.py --variants mha_rope,gta",
              "rows": [row("nanogpt", 1.7e6, 1.9e8), row("mha (plain loop)", 1.6e6, 1.9e8),
-                      row("mha_rope", 1.5e6, 2.0e8), row("gta", 1.2e6, 1.8e8, None), row("mla", 1.0e6, 1.9e8)]}
+                      row("mha_rope", 1.5e6, 2.0e8), row("gta", 1.2e6, 1.8e8, None), row("mla", 1.0e6, 1.9e8),
+                      row("mha_rope+fused_loss=true", 1.2e6, 2.0e8)]}
     lines = report.train_table(bench).splitlines()
     assert "NVIDIA H200, 2026-12-01" in lines[0]
     assert lines[2:] == [
@@ -721,4 +753,5 @@ def test_report_tables_training_speed_against_the_twin_measured_in_the_same_call
         "| mha_rope | 1,500,000 | – | – | 30.0% |",  # a baseline
         "| gta | 1,200,000 | 0.80x | 0.90x | – |",
         "| mla | 1,000,000 | – | – | 30.0% |",  # its twin (mha) was not measured in this call
+        "| mha_rope+fused_loss=true | 1,200,000 | 0.80x | 1.00x | 30.0% |",  # against mha_rope: the switch alone
     ]
