@@ -34,9 +34,9 @@ from datetime import date
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import Tensor
 from bench_decode import build, parse_variant
 from benchlib import add_out_argument
+from torch import Tensor
 
 from latentlm.model.tensor_parallel import shard_model
 
