@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import date
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -130,11 +131,12 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
                     held = sum(t.numel() * t.element_size() for cache in caches for t in cache.tensors.values())
                     row["measured_cache_bytes_per_token_per_device"] = held / (batch * (context + 1))
                     idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
-                    seconds, graphed = median_seconds(lambda: net(idx, caches, context), device, args.iters)
+                    seconds, graphed = median_seconds(partial(net, idx, caches, context), device, args.iters)
                     row.update(ms_per_step=seconds * 1e3, tokens_per_s=batch / seconds, cuda_graph=graphed)
                     if world_size > 1:
                         x = torch.zeros(batch, 1, net.wte.embedding_dim, device=device, dtype=dtype)
-                        reduce_s, _ = median_seconds(lambda: all_reduces(x, len(net.blocks)), device, args.iters)
+                        reduce_s, _ = median_seconds(partial(all_reduces, x, len(net.blocks)), device,
+                                                     args.iters)
                         row["allreduce_ms"] = reduce_s * 1e3
                     del caches
                     if args.cuda:
