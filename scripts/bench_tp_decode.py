@@ -14,12 +14,14 @@ The step is not torch.compiled, so compare these rows with each other rather tha
 Cache bytes per token on one device are measured from the rank's real cache tensors (all layers) and listed beside
 the formula, kv_cache_elements_per_device(tp) x layers x bytes per element. With more than one rank, the step's
 collectives alone (one all-reduce of its (batch, 1, d_model) activations a layer) are timed the same way
-(allreduce_ms): the share of the step the interconnect takes. (A profiler's NCCL kernel time is no measure of it:
-an all-reduce kernel starts on one GPU and waits there for the other's, so it counts the ranks' skew.)
+(allreduce_alone_ms): the share of the step the interconnect takes. (A profiler's NCCL kernel time, which files of
+2026-12-01 hold as allreduce_ms, is no measure of it: an all-reduce kernel starts on one GPU and waits there for the
+other's, so it counts the ranks' skew.)
 Embeddings, norms and MLPs are replicated on every rank (tensor_parallel.py).
 
 Without a GPU the defaults are a gloo smoke that runs in seconds: the tiny model, 2 processes, contexts 64 and 128,
-batches 1 and 4, 3 steps. Rank 0 writes bench_tp_decode.json into --out.
+batches 1 and 4, 3 steps. Rank 0 writes bench_tp_decode_tp<N>.json into --out (N: the number of processes),
+so runs at several TP degrees can share a folder; scripts/tp_decode_table.py tables and plots such a folder.
 """
 
 import argparse
@@ -137,7 +139,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
                         x = torch.zeros(batch, 1, net.wte.embedding_dim, device=device, dtype=dtype)
                         reduce_s, _ = median_seconds(partial(all_reduces, x, len(net.blocks)), device,
                                                      args.iters)
-                        row["allreduce_ms"] = reduce_s * 1e3
+                        row["allreduce_alone_ms"] = reduce_s * 1e3
                     del caches
                     if args.cuda:
                         torch.cuda.empty_cache()
@@ -147,7 +149,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
             del net
         if rank == 0:
             args.out.mkdir(parents=True, exist_ok=True)
-            out = args.out / "bench_tp_decode.json"
+            out = args.out / f"bench_tp_decode_tp{world_size}.json"
             out.write_text(json.dumps({
                 "date": str(date.today()), "command": " ".join(sys.argv), "tp": world_size,
                 "device": torch.cuda.get_device_name(device) if args.cuda else "cpu", "dtype": str(dtype),
@@ -171,7 +173,7 @@ def main() -> None:
     parser.add_argument("--rank", type=float, default=0.5, help="rank of the latent variants without @rank")
     parser.add_argument("--nproc", type=int, help="processes to spawn without torchrun (default: GPUs, or 2)")
     parser.add_argument("--budget-gib", type=float, default=100.0, help="cache memory per device")
-    add_out_argument(parser, "tp_decode", "bench_tp_decode.json")
+    add_out_argument(parser, "tp_decode", "bench_tp_decode_tp<N>.json")
     args = parser.parse_args()
     args.cuda = torch.cuda.is_available()
     for key, default in SIZES["cuda" if args.cuda else "cpu"].items():

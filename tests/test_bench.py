@@ -225,14 +225,35 @@ def test_bench_tp_decode_on_a_cpu_is_a_gloo_smoke_into_logs(tmp_path):
     formula's (GLA-2 at TP-2 caches one of its two blocks)."""
     run_script("bench_tp_decode.py", "--variants", "mla_rope,gla2,gqa", "--contexts", "16,32", "--iters", "2",
                cwd=tmp_path)
-    result = json.loads((only_run(tmp_path, "tp_decode") / "bench_tp_decode.json").read_text())
+    result = json.loads((only_run(tmp_path, "tp_decode") / "bench_tp_decode_tp2.json").read_text())
     assert result["tp"] == 2 and result["device"] == "cpu" and len(result["rows"]) == 3 * 2 * 2
     for row in result["rows"]:
         assert row["measured_cache_bytes_per_token_per_device"] == row["cache_bytes_per_token_per_device"]
-        assert row["tokens_per_s"] > 0 and 0 < row["allreduce_ms"] < row["ms_per_step"]
+        assert row["tokens_per_s"] > 0 and 0 < row["allreduce_alone_ms"] < row["ms_per_step"]
     tiny_rope, tiny_latent = 32 // 2, 128 // 2  # model=tiny: d_model 128, 4 heads of 32; rank 0.5
     per_device = {r["variant"]: r["cache_elements_per_device"] for r in result["rows"]}
     assert per_device == {"mla_rope": tiny_latent + tiny_rope, "gla2": tiny_latent // 2 + tiny_rope, "gqa": 2 * 32}
+
+
+def test_tp_decode_table_sets_each_tp_degree_beside_tp_1_and_the_baseline(tmp_path):
+    """TP-1 and TP-2 runs into one folder, then the table: each TP-2 cell's speed-up is its tokens/s over TP-1's of
+    the same variant, context and batch, read back from the files."""
+    for nproc in ("1", "2"):
+        run_script("bench_tp_decode.py", "--variants", "mla_rope,gla2", "--contexts", "16", "--batches", "2",
+                   "--iters", "2", "--nproc", nproc, "--out", "tp", cwd=tmp_path)
+    text = run_script("tp_decode_table.py", "tp", cwd=tmp_path).stdout
+    rows = {(f["tp"], r["variant"]): r
+            for f in (json.loads((tmp_path / "tp" / f"bench_tp_decode_tp{n}.json").read_text()) for n in (1, 2))
+            for r in f["rows"]}
+    rate = {key: row["tokens_per_s"] for key, row in rows.items()}
+    gla2 = next(line for line in text.splitlines() if line.startswith("| gla2 | 16 |")).split(" | ")
+    half = rows[2, "gla2"]["cache_bytes_per_token_per_device"]  # one of its two latent blocks, and the rotary key
+    assert half < rows[1, "gla2"]["cache_bytes_per_token_per_device"]
+    assert gla2[3:] == [f"{rate[1, 'gla2']:,.0f}", f"{rate[1, 'gla2'] / rate[1, 'mla_rope']:.2f}x", f"{half:,}",
+                        f"{rate[2, 'gla2']:,.0f}", f"{rate[2, 'gla2'] / rate[1, 'gla2']:.2f}x",
+                        f"{rate[2, 'gla2'] / rate[2, 'mla_rope']:.2f}x", gla2[-1]]
+    assert gla2[-1].endswith("% |")  # the all-reduces' share of the TP-2 step
+    assert (tmp_path / "tp" / "tp_decode_tokens_per_s.png").stat().st_size > 0
 
 
 def test_bench_latent_kernel_refuses_what_it_cannot_time_in_one_line(tmp_path):
