@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 JOBS ?=
 
-.PHONY: install train test lint results sweep paper zoo bench-data bench-train bench-decode wheelhouse clean
+.PHONY: install train test lint results sweep paper zoo bench-data bench-train bench-decode bench-tp-decode wheelhouse clean
 
 install: $(STAMP)
 
@@ -75,6 +75,11 @@ bench-train: $(STAMP)
 
 bench-decode: $(STAMP)
 	$(PY) scripts/bench_decode.py $(ARGS)
+
+# Tensor-parallel decode over this host's GPUs (one process a GPU; a 2-process gloo smoke on a CPU), one JSON a TP
+# degree; ARGS="--nproc 1 --out docs/tp_decode/30m" then "--nproc 2 ..." and scripts/tp_decode_table.py on the folder.
+bench-tp-decode: $(STAMP)
+	$(PY) scripts/bench_tp_decode.py $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check latentlm scripts tests
