@@ -229,7 +229,8 @@ def test_bench_tp_decode_on_a_cpu_is_a_gloo_smoke_into_logs(tmp_path):
     assert result["tp"] == 2 and result["device"] == "cpu" and len(result["rows"]) == 3 * 2 * 2
     for row in result["rows"]:
         assert row["measured_cache_bytes_per_token_per_device"] == row["cache_bytes_per_token_per_device"]
-        assert row["tokens_per_s"] > 0 and row["allreduce_alone_ms"] > 0  # no bound by the step: on busy CPUs both medians are noise
+        # the all-reduce time has no bound by the step here: on busy CPUs both medians are noise
+        assert row["tokens_per_s"] > 0 and row["allreduce_alone_ms"] > 0
     tiny_rope, tiny_latent = 32 // 2, 128 // 2  # model=tiny: d_model 128, 4 heads of 32; rank 0.5
     per_device = {r["variant"]: r["cache_elements_per_device"] for r in result["rows"]}
     assert per_device == {"mla_rope": tiny_latent + tiny_rope, "gla2": tiny_latent // 2 + tiny_rope, "gqa": 2 * 32}
