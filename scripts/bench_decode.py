@@ -279,6 +279,7 @@ def main() -> None:
         }, indent=2))
 
     for variant in variants:
+        started = time.perf_counter()
         net = build(variant, args.model, args.rank, max(contexts) + 1, device, dtype)
         step_fn = torch.compile(net, dynamic=True) if compile_step else net
         per_token = net.kv_cache_elements() * dtype.itemsize
@@ -309,6 +310,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
         del net, step_fn
         torch._dynamo.reset()  # drop this variant's compiled graphs
+        info["wall_s"] = time.perf_counter() - started  # where a call's time goes: compile, capture, timing, profile
+        print(f"{variant}: {info['wall_s']:.0f} s", flush=True)
         save()
 
     print(f"\n{device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), {dtype}, "

@@ -194,6 +194,8 @@ def test_bench_decode_on_a_cpu_is_cpu_sized_and_writes_into_logs(tmp_path):
     # a variant with a rank is latent: it decodes absorbed by default and records its rank
     assert [(s["variant"], s["rank"]) for s in result["summary"]] == [("mha", None), ("gla2:absorbed", 0.5),
                                                                        ("gta", None)]
+    for s in result["summary"]:  # each variant's wall time, printed as it ends
+        assert s["wall_s"] > 0 and f"{s['variant']}: {s['wall_s']:.0f} s" in proc.stdout
     assert (run / "decode_tokens_per_s.png").is_file() and (run / "decode_cache_bytes.png").is_file()
     assert "No artists" not in proc.stderr  # the tokens/s plot is drawn at a batch that was measured
 
