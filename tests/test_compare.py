@@ -7,6 +7,7 @@ t(0.975, 1) = 12.706205 are read from a t-table.
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -443,6 +444,14 @@ def test_report_sections_claims_and_links(results):
         "intervals overlap between d/4 and d/2, d/2 and 0.75d, so those steps are not resolved.",
     ]
     assert "make sweep EXPERIMENT=paper_mla\n" in text and "`make results` alone regenerates it" in text
+
+
+def test_committed_report_is_what_make_results_writes_from_the_committed_runs(tmp_path):
+    """docs/results.md is regenerated, not edited: the report of a copy of docs/results/ (its run summaries, intros
+    and benchmark JSONs) equals the committed file, so a summary or intro committed without `make results` fails."""
+    shutil.copytree(REPO / "docs" / "results", tmp_path / "results")
+    report.main([str(tmp_path / "results"), "--out", str(tmp_path / "results.md")])
+    assert (tmp_path / "results.md").read_text() == (REPO / "docs" / "results.md").read_text()
 
 
 def test_report_needs_runs(tmp_path, capsys):
