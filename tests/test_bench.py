@@ -259,6 +259,16 @@ def test_tp_decode_table_sets_each_tp_degree_beside_tp_1_and_the_baseline(tmp_pa
     assert (tmp_path / "tp" / "tp_decode_tokens_per_s.png").stat().st_size > 0
 
 
+def test_attention_md_holds_the_table_that_attention_table_prints(tmp_path):
+    """docs/attention.md's table is printed by scripts/attention_table.py from the real modules: every row it prints
+    at rank 0.5 (cache, parameters, FLOPs of each variant) stands in the committed file, so a change to a variant's
+    cache or size that is not carried into the docs fails here."""
+    rows = [line for line in run_script("attention_table.py", "--ranks", "0.5", cwd=tmp_path).stdout.splitlines()
+            if line.startswith("| ")]
+    committed = (REPO / "docs" / "attention.md").read_text()
+    assert len(rows) > 15 and [row for row in rows if row not in committed] == []
+
+
 def test_bench_latent_kernel_refuses_what_it_cannot_time_in_one_line(tmp_path):
     for args, says in ((["--attention", "mha"], "attention=mha is not a latent variant"),
                        ([], "needs a CUDA GPU (none here)")):
