@@ -6,8 +6,9 @@ Reads every bench_tp_decode_tp<N>.json in the folder (one model; N = 1, 2, 4, ..
 markdown table with a row per variant and context and, for each TP degree: the cache bytes per token one device
 holds, decode tokens/s, the speed-up over TP-1 of the same variant, and the ratio to --baseline at the same TP degree
 (MLRA-4 / MLA is the MLRA paper's claim). Where a file timed the step's all-reduces alone, their share of the step
-is listed too. Writes tp_decode_tokens_per_s.png into the folder: tokens/s against context, one line per variant
-and TP degree. Files hold what each call measured; rows a call skipped (over its memory budget) show as "-".
+is listed too. Writes the tables into the folder as tp_decode.md, and tp_decode_tokens_per_s.png: tokens/s against
+context, one line per variant and TP degree. Files hold what each call measured; rows a call skipped (over its
+memory budget) show as "-".
 """
 
 import argparse
@@ -21,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 PLOT = "tp_decode_tokens_per_s.png"
+TABLE = "tp_decode.md"
 
 
 def read_folder(folder: Path) -> tuple[pd.DataFrame, list[dict]]:
@@ -96,13 +98,17 @@ def main() -> None:
     parser.add_argument("--baseline", default="mla_rope", help="the variant every row is divided by, at its TP degree")
     args = parser.parse_args()
     rows, files = read_folder(args.folder)
-    for f in files:
-        print(f"- TP-{f['tp']}: {f['device']}, {f['date']}, `{f['command']}`")
+    command = f"python scripts/tp_decode_table.py {args.folder}"
+    parts = [f"# Tensor-parallel decode, model={files[0]['model']} (`{command}`)\n"]
+    parts += [f"- TP-{f['tp']}: {f['device']}, {f['date']}, `{f['command']}`" for f in files]
     for batch in sorted(rows.batch.unique()):
-        print(f"\nBatch {batch}:\n")
-        print(table(rows, batch, args.baseline))
+        parts += [f"\nBatch {batch}, decode tokens/s:\n", table(rows, batch, args.baseline)]
+    parts.append(f"![decode tokens/s against context]({PLOT})")
+    text = "\n".join(parts) + "\n"
+    print(text)
+    (args.folder / TABLE).write_text(text)
     plot(rows, args.folder / PLOT, files[0]["model"])
-    print(f"wrote {args.folder / PLOT}")
+    print(f"wrote {args.folder / TABLE} and {args.folder / PLOT}")
 
 
 if __name__ == "__main__":

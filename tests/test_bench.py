@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -257,6 +258,17 @@ def test_tp_decode_table_sets_each_tp_degree_beside_tp_1_and_the_baseline(tmp_pa
                         f"{rate[2, 'gla2'] / rate[2, 'mla_rope']:.2f}x", gla2[-1]]
     assert gla2[-1].endswith("% |")  # the all-reduces' share of the TP-2 step
     assert (tmp_path / "tp" / "tp_decode_tokens_per_s.png").stat().st_size > 0
+    assert (tmp_path / "tp" / "tp_decode.md").read_text() in text  # the tables, as printed
+
+
+def test_committed_tp_decode_tables_are_what_the_script_writes_from_the_committed_json(tmp_path):
+    shutil.copytree(REPO / "docs" / "tp_decode", tmp_path / "docs" / "tp_decode")
+    folders = sorted(p.parent for p in (tmp_path / "docs" / "tp_decode").glob("*/tp_decode.md"))
+    assert len(folders) >= 3
+    for folder in folders:
+        committed = (folder / "tp_decode.md").read_text()
+        run_script("tp_decode_table.py", str(folder.relative_to(tmp_path)), cwd=tmp_path)
+        assert (folder / "tp_decode.md").read_text() == committed, folder.name
 
 
 def test_attention_md_holds_the_table_that_attention_table_prints(tmp_path):
