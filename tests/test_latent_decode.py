@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -76,8 +77,6 @@ def check_layers() -> None:
     """Layers whose decode steps take the kernel beyond MLA's joint row: GTA (its tied states as latent blocks,
     rope_dim = d_h leaving no key dims in u) and split latents (key latent r columns after the value latent). Each
     equals its own path without the kernel, and takes the kernel. Run in a process with TRITON_INTERPRET=1."""
-    from unittest import mock
-
     from latentlm.model.attention.gta import GroupedTiedAttention
     from latentlm.model.attention.latent import LatentAttention
 
@@ -140,11 +139,14 @@ def test_kernel_addresses_caches_over_2_31_elements():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["mla", "mla_rope", "mla_rope_split", "mlra", "gla2", "gla4", "mlra2", "gta"])
-def test_model_decode_with_kernel_equals_sdpa_path(monkeypatch, name):
+@pytest.mark.parametrize(("name", "rank"), [
+    *((name, 0.5) for name in ("mla", "mla_rope", "mla_rope_split", "mlra", "gla2", "gla4", "mlra2", "gta")),
+    ("mla_rope", 0.375), ("mlra", 0.75),  # a 24-wide latent, 12-wide blocks: widths the kernel pads (as at 124m)
+])
+def test_model_decode_with_kernel_equals_sdpa_path(monkeypatch, name, rank):
     from tests.test_attention import make_gpt
 
-    model = make_gpt(name, dtype=torch.bfloat16).cuda()
+    model = make_gpt(name, rank, dtype=torch.bfloat16).cuda()
     idx = torch.randint(0, 101, (3, 40), device="cuda")
 
     def decode(step) -> torch.Tensor:
@@ -156,7 +158,11 @@ def test_model_decode_with_kernel_equals_sdpa_path(monkeypatch, name):
         return ((a - b).norm() / b.norm()).item()
 
     with torch.inference_mode():
-        kernel = decode(model)
+        with mock.patch.object(latent_decode, "attend", wraps=latent_decode.attend) as kernel_calls:
+            kernel = decode(model)
+        # every decode step of every layer took the kernel (the test models' 8-wide rotary key did not, before
+        # widths were padded: this test then compared SDPA with SDPA)
+        assert kernel_calls.call_count == 30 * len(model.blocks)
         compiled = decode(torch.compile(model, dynamic=True))  # the kernel as an opaque custom op in the graph
         monkeypatch.setattr(latent_decode, "supported", lambda *a: False)
         sdpa = decode(model)
