@@ -52,8 +52,7 @@ def table(rows: pd.DataFrame, batch: int, baseline: str) -> str:
         own = row.tokens_per_s
         if pd.isna(own):  # skipped: over the call's memory budget
             return [f"{row.cache_bytes_per_token_per_device:,}"] + ["-"] * (len(columns(tp)) - 1)
-        key = (row.variant, row.context)
-        one, base = rate.get((*key, 1, batch)), rate.get((baseline, row.context, tp, batch))
+        one, base = rate.get((row.variant, row.context, 1, batch)), rate.get((baseline, row.context, tp, batch))
         out = [f"{row.cache_bytes_per_token_per_device:,}", f"{own:,.0f}"]
         if tp > 1:
             out.append(f"{own / one:.2f}x" if one else "-")
