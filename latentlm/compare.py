@@ -36,7 +36,7 @@ from latentlm.config import fail
 from latentlm.timings import PHASES
 
 TABLE_MD, TABLE_JSON = "compare.md", "compare.json"
-CURVES_PNG, PARETO_PNG = "val_loss_curves.png", "pareto_kv_vs_loss.png"
+CURVES_PNG, PARETO_PNG, TWINS_PNG = "val_loss_curves.png", "pareto_kv_vs_loss.png", "loss_vs_twin.png"
 METRICS = ("final", "best")  # val_loss_final: the whole validation split at the end; best: the least validation
 
 # Keys of the resolved config (dotted; a key covers everything under it) that may differ inside one comparable group:
@@ -635,11 +635,38 @@ def plot_pareto(comparison: Comparison, path: Path):
     return fig
 
 
+def plot_twins(comparison: Comparison, path: Path):
+    """Each variant's val loss against its twin's, paired by seed (%, mean and 95% CI), one row a variant by KV cache
+    size, per group (a panel): the comparison the product makes, where the Pareto plot's absolute losses overlap.
+    A black marker: the interval excludes 0 (distinguishable); grey: it holds 0, or n < 2 (no interval)."""
+    from matplotlib.figure import Figure
+
+    paired = comparison.variants.dropna(subset=["twin", "loss_change_pct_mean"])
+    rows = max([1, *paired.groupby("group").size()])
+    fig = Figure(figsize=(7.5 * len(comparison.headers), max(4, 1.2 + 0.32 * rows)), layout="constrained")
+    for ax, key in zip(fig.subplots(1, len(comparison.headers), squeeze=False)[0], comparison.headers, strict=True):
+        group = paired[paired.group == key].sort_values(["kv_bytes_mean", "attention", "rank"], ascending=False)
+        for y, (_, row) in enumerate(group.iterrows()):
+            ci = row.loss_change_pct_ci
+            resolved = not pd.isna(ci) and abs(row.loss_change_pct_mean) > ci
+            ax.errorbar(row.loss_change_pct_mean, y, xerr=np.nan_to_num(ci), fmt="o", capsize=3,
+                        color="black" if resolved else "grey")
+        labels = [f"{label(r.attention, r['rank'])} vs {r.twin} ({r.kv_change_pct:+.0f}% KV, "
+                  f"n={r.loss_change_pct_n:.0f})" for _, r in group.iterrows()]
+        ax.set_yticks(range(len(group)), labels, fontsize=8)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set(xlabel=f"val loss ({comparison.metric}) vs twin, % (paired by seed, mean ± 95% CI)")
+        ax.set_title(group_title(comparison, key), fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=120)
+    return fig
+
+
 # ------------------------------------------------------------------------------------------------------- CLI
 
 
 def write(comparison: Comparison, out: Path, plots: bool = True) -> list[Path]:
-    """compare.md, compare.json and (with `plots`, when a run finished) the two plots, in `out`."""
+    """compare.md, compare.json and (with `plots`, when a run finished) the three plots, in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / TABLE_MD).write_text(markdown(comparison))
     (out / TABLE_JSON).write_text(json.dumps(to_json(comparison), indent=2) + "\n")
@@ -647,7 +674,8 @@ def write(comparison: Comparison, out: Path, plots: bool = True) -> list[Path]:
     if plots and len(comparison.runs):
         plot_curves(comparison, out / CURVES_PNG)
         plot_pareto(comparison, out / PARETO_PNG)
-        written += [out / CURVES_PNG, out / PARETO_PNG]
+        plot_twins(comparison, out / TWINS_PNG)
+        written += [out / CURVES_PNG, out / PARETO_PNG, out / TWINS_PNG]
     return written
 
 

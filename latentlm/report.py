@@ -28,6 +28,7 @@ from latentlm.compare import (
     CURVES_PNG,
     METRICS,
     PARETO_PNG,
+    TWINS_PNG,
     CompareError,
     Comparison,
     compare,
@@ -226,12 +227,13 @@ def experiment_section(folder: Path, results_md: Path, metric: str = "final") ->
     if len(comparison.runs):
         link = {
             name: Path(os.path.relpath(folder / name, results_md.parent)).as_posix()  # relative to the report
-            for name in (CURVES_PNG, PARETO_PNG)
+            for name in (CURVES_PNG, PARETO_PNG, TWINS_PNG)
         }
         parts += [
             "### Plots\n",
             f"![Validation loss against step, mean ± 95% CI over seeds]({link[CURVES_PNG]})\n",
             f"![Validation loss against KV-cache bytes per token, mean ± 95% CI, Pareto front]({link[PARETO_PNG]})\n",
+            f"![Each variant's val loss against its twin's, paired by seed, mean ± 95% CI]({link[TWINS_PNG]})\n",
         ]
     if (folder / TRAIN).is_file():
         parts += ["### Training speed\n", train_table(json.loads((folder / TRAIN).read_text()))]

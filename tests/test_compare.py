@@ -22,7 +22,7 @@ from latentlm.config import compose_train, group_choices, register_resolvers
 from latentlm.timings import PHASES
 
 register_resolvers()
-PLOTS = (compare.CURVES_PNG, compare.PARETO_PNG)
+PLOTS = (compare.CURVES_PNG, compare.PARETO_PNG, compare.TWINS_PNG)
 
 # ------------------------------------------------------------------------------------- synthetic summaries
 
@@ -232,6 +232,22 @@ def test_runs_are_grouped_by_their_resolved_config(tmp_path):
     assert large.kv_change_pct == pytest.approx(-71.875) and large.loss_n == 4  # the cache dir does not matter
     table = compare.markdown(comparison)
     assert "## Group 2: data.num_stories=1000, model.d_model=32, trainer.precision=32-true (2 runs)" in table
+
+
+def test_twin_plot_draws_each_paired_change_with_its_interval(tmp_path):
+    """loss_vs_twin.png: a row a variant that has a paired twin, at its mean change in % with its 95% CI, black where
+    the interval excludes 0."""
+    comparison = compare.compare([str(write_runs(tmp_path, RUNS))])
+    ax = compare.plot_twins(comparison, tmp_path / compare.TWINS_PNG).axes[0]
+    paired = comparison.variants.dropna(subset=["twin", "loss_change_pct_mean"])
+    drawn = {label.get_text().split(" vs ")[0]: bars for label, bars in zip(ax.get_yticklabels(), ax.containers,
+                                                                            strict=True)}
+    assert len(drawn) == len(paired) > 0
+    for _, row in paired.iterrows():
+        bars = drawn[compare.label(row.attention, row["rank"])]
+        assert bars.lines[0].get_xdata()[0] == pytest.approx(row.loss_change_pct_mean)
+        resolved = abs(row.loss_change_pct_mean) > row.loss_change_pct_ci
+        assert bars.lines[0].get_color() == ("black" if resolved else "grey")
 
 
 def test_runs_older_than_a_config_key_compare_with_runs_at_its_equivalent_value(tmp_path):
