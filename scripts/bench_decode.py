@@ -29,7 +29,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from benchlib import add_out_argument
+from benchlib import add_out_argument, graph_replay_seconds
 from omegaconf import OmegaConf
 
 from latentlm.config import compose_train
@@ -103,24 +103,7 @@ def time_step(
         for _ in range(iters):
             step()
         return (time.perf_counter() - start) / iters
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return sorted(times)[len(times) // 2]
+    return graph_replay_seconds(step, iters)
 
 
 def kernels(

@@ -17,14 +17,13 @@ import argparse
 import itertools
 import json
 import math
-import statistics
 import sys
 import time
 from datetime import date
 from functools import partial
 
 import torch
-from benchlib import add_out_argument
+from benchlib import add_out_argument, graph_replay_seconds
 from hydra.utils import instantiate
 
 from latentlm.config import compose_train
@@ -47,25 +46,6 @@ def memory_bandwidth_gbs(gib: int = 4, repeats: int = 10) -> float:
     end.record()
     torch.cuda.synchronize()
     return 2 * src.numel() * repeats / (start.elapsed_time(end) / 1e3) / 1e9
-
-
-def median_seconds(call, iters: int) -> float:
-    """Median GPU time of `call` captured in a CUDA graph and replayed: the kernels' time without the host's launch
-    cost, which at batch 1 is longer than the kernels (timed eagerly, batch 1 x 4,096 read 97-255 us, mostly launch
-    and Python; the model's decode step replays a graph too)."""
-    call()  # compiles this tile's kernel on first use
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
 
 
 def latent_layer(attention: str, rank: float, model: str) -> LatentAttention:
@@ -117,7 +97,7 @@ def main() -> None:
             for splits in split_counts:
                 call = partial(latent_decode.attend, q, kv, nb, c, rope, layer.scale, splits=splits,
                                block_n=block_n, num_warps=warps, num_stages=stages, key_offset=key_offset)
-                seconds = median_seconds(call, args.iters)
+                seconds = graph_replay_seconds(call, args.iters)  # a graph: without the host's launch cost
                 default = (block_n, warps, stages, splits) == (latent_decode.BLOCK_N, latent_decode.NUM_WARPS,
                                                                latent_decode.NUM_STAGES, default_splits)
                 rows.append({"batch": batch, "positions": positions, "block_n": block_n, "num_warps": warps,

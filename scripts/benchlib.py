@@ -6,7 +6,10 @@ laptop never replaces the committed results; `--out docs/` writes the files that
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 STARTED = time.strftime("%Y-%m-%d_%H-%M-%S")
 
@@ -22,3 +25,26 @@ def add_out_argument(parser: argparse.ArgumentParser, name: str, files: str) -> 
         help=f"the folder for {files} (default: logs/bench/{name}/<time>/); --out docs/ replaces the committed "
         "results that docs/benchmarks.md shows",
     )
+
+
+def graph_replay_seconds(step: Callable[[], object], iters: int, warmup: int = 3) -> float:
+    """Median GPU seconds of one `step` on CUDA: run `warmup` times on a side stream (compilation, allocations),
+    captured once in a CUDA graph, then `iters` replays each timed by CUDA events; the host's launch cost is out."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]
