@@ -45,6 +45,13 @@ from latentlm.model.attention.base import Attention, KVCache, causal_attention
 from latentlm.model.rope import Rotary
 
 
+def outer_sum(a: Tensor, b: Tensor) -> Tensor:
+    """(1/R) sum_r a[..., h, r] b[..., r, :] for factors a (B, T, H, R) and b (B, T, R, d_h), as (B, H, T, d_h).
+    A broadcast product summed over r, not an einsum: with R = 2 or 6 the einsum is a batched matmul of K = R, which
+    cuBLAS runs as B x T tiny GEMMs; this is one elementwise-and-reduce kernel that torch.compile fuses."""
+    return (a.unsqueeze(-1) * b.unsqueeze(-3)).mean(dim=-2).transpose(1, 2)
+
+
 class TensorProductAttention(Attention):
     def __init__(
         self,
@@ -115,10 +122,7 @@ class TensorProductAttention(Attention):
 
     def _attend_rebuilt(self, a_q: Tensor, b_q: Tensor, a_k: Tensor, b_k: Tensor, a_v: Tensor, b_v: Tensor) -> Tensor:
         """Rebuild every head's q, k, v as sums of the factors' outer products, then SDPA (the training form)."""
-        rq, rk, rv = self.ranks
-        q = torch.einsum("bthr,btrd->bhtd", a_q, b_q) / rq  # (B, H, T, d_h)
-        k = torch.einsum("bshr,bsrd->bhsd", a_k, b_k) / rk  # (B, H, S, d_h)
-        v = torch.einsum("bshr,bsrd->bhsd", a_v, b_v) / rv
+        q, k, v = (outer_sum(a, b) for a, b in ((a_q, b_q), (a_k, b_k), (a_v, b_v)))  # (B, H, T or S, d_h)
         return causal_attention(q, k, v, self.head_dim**-0.5, self.attn_dropout).transpose(1, 2)  # (B, T, H, d_h)
 
     def _attend_factored(self, a_q: Tensor, b_q: Tensor, a_k: Tensor, b_k: Tensor, a_v: Tensor, b_v: Tensor) -> Tensor:
