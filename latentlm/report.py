@@ -5,9 +5,10 @@ copied from its run dir) becomes one section of the report:
 - `intro.md` from that folder, verbatim: the hand-written context (the paper, its claims), kept out of code;
 - the setup, read from the runs' resolved configs and summaries;
 - compare's tables and plots (compare.md, compare.json and the PNGs are rewritten in the experiment folder);
-- training speed, where the folder holds a `bench_train.json` of its variants (scripts/bench_train.py --out <folder>);
-- decode speed, one table for each `bench_decode*.json` in the folder (scripts/bench_decode.py --out <folder>; one
-  file a benchmark call, since a ratio to the twin holds only within a call);
+- training speed, one table for each `bench_train*.json` in the folder (scripts/bench_train.py --out <folder>), and
+  decode speed, one table for each `bench_decode*.json` (scripts/bench_decode.py --out <folder>): one file a
+  benchmark call, since a ratio to the twin holds only within a call. A `note` key added to such a file by hand
+  (say, that a row timed code since replaced) is printed under its table's heading;
 - claims generated from the numbers, each with its n, its 95% interval and whether the interval holds 0.
 """
 
@@ -42,7 +43,7 @@ from latentlm.compare import (
 from latentlm.config import fail
 
 INTRO = "intro.md"  # optional, beside runs/
-TRAIN = "bench_train.json"  # optional, beside runs/: scripts/bench_train.py's output for these variants
+TRAIN = "bench_train*.json"  # optional, beside runs/: scripts/bench_train.py's outputs for these variants, one a call
 DECODE = "bench_decode*.json"  # optional, beside runs/: scripts/bench_decode.py's outputs, one a call
 SETUP_KEYS = (  # resolved-config settings shown under Setup (the group headers name any other that differs)
     "model.d_model",
@@ -184,6 +185,7 @@ def train_table(bench: dict[str, Any]) -> str:
     device = next(iter(rows.values()))["device"] if rows else "?"
     lines = [f"Training tokens/s through the Trainer ({device}, {bench['date']}, `{bench['command']}`; the twin "
              "measured in the same call):\n",
+             *note_lines(bench),
              "| variant | tokens/s | vs twin | FLOPs/token vs twin | MFU |", "|---|---|---|---|---|"]
     for v, r in rows.items():
         attention, switched = v.partition("+")[::2]
@@ -192,6 +194,11 @@ def train_table(bench: dict[str, Any]) -> str:
         mfu = "–" if r.get("mfu") is None else f"{r['mfu']:.1%}"
         lines.append(f"| {v} | {r['tokens_per_s']:,.0f} | {speed} | {flops} | {mfu} |")
     return "\n".join(lines) + "\n"
+
+
+def note_lines(bench: dict[str, Any]) -> list[str]:
+    """A benchmark file's hand-written `note`, as a paragraph above its table (none without one)."""
+    return [f"{bench['note']}\n"] if bench.get("note") else []
 
 
 def decode_table(bench: dict[str, Any]) -> str:
@@ -205,7 +212,8 @@ def decode_table(bench: dict[str, Any]) -> str:
     measured = {name: v for v, name in names.items() if "@" not in v}  # the twin's own row (no rank of its own)
     header = "| variant | KV bytes/token | " + " | ".join(f"b{b} x {c:,}" for b, c in cells) + " |"
     lines = [f"Decode tokens/s ({bench['gpu'] or bench['device']}, {bench['date']}, `{bench['command']}`; the ratio "
-             "to the twin in the same call in brackets):\n", header, "|---|---|" + "---|" * len(cells)]
+             "to the twin in the same call in brackets):\n", *note_lines(bench),
+             header, "|---|---|" + "---|" * len(cells)]
     for s in bench["summary"]:
         v, twin = s["variant"], measured.get(twins[s["variant"]] or "")
         out = []
@@ -235,8 +243,8 @@ def experiment_section(folder: Path, results_md: Path, metric: str = "final") ->
             f"![Validation loss against KV-cache bytes per token, mean ± 95% CI, Pareto front]({link[PARETO_PNG]})\n",
             f"![Each variant's val loss against its twin's, paired by seed, mean ± 95% CI]({link[TWINS_PNG]})\n",
         ]
-    if (folder / TRAIN).is_file():
-        parts += ["### Training speed\n", train_table(json.loads((folder / TRAIN).read_text()))]
+    if train_calls := sorted(folder.glob(TRAIN)):
+        parts += ["### Training speed\n"] + [train_table(json.loads(path.read_text())) for path in train_calls]
     if decode_calls := sorted(folder.glob(DECODE)):
         parts += ["### Decode speed\n"] + [decode_table(json.loads(path.read_text())) for path in decode_calls]
     claims = twin_claims(comparison) + rank_claims(comparison)

@@ -761,6 +761,27 @@ def test_report_gives_each_decode_benchmark_call_its_own_table(results):
     assert "| gta | 2,560 | 25,000 (0.50x) |" in decode and "| gta | 2,560 | 100,000 (2.00x) |" in decode
 
 
+def test_report_gives_each_training_benchmark_call_its_own_table_with_its_note(results):
+    """Several bench_train*.json (one a call) each get a table, the ratio taken within its call; a hand-written
+    `note` (a row that timed code since replaced) is printed above its table."""
+    def call(command: str, rate: float, **note: str) -> dict:
+        rows = [{"variant": v, "tokens_per_s": t, "flops_per_token": 1.9e8, "mfu": 0.3, "device": "NVIDIA H200"}
+                for v, t in (("mha_rope", 1.5e6), ("tpa", rate))]
+        return {"date": "2026-12-01", "command": command, "rows": rows, **note}
+
+    folder = results / "paper_mla"
+    (folder / "bench_train.json").write_text(json.dumps(call("bench_train.py # einsums", 1.2e6, note="tpa: einsums")))
+    (folder / "bench_train_tpa.json").write_text(json.dumps(call("bench_train.py # broadcast", 1.35e6)))
+    out = results.parent / "results.md"
+    report.main([str(results), "--out", str(out)])
+    text = out.read_text()
+    train = text[text.index("### Training speed") : text.index("### Claims")]
+    assert text.count("### Training speed") == 1
+    assert train.index("`bench_train.py # einsums`") < train.index("tpa: einsums") < train.index("# broadcast`")
+    assert "| tpa | 1,200,000 | 0.80x | 1.00x | 30.0% |" in train and "| tpa | 1,350,000 | 0.90x |" in train
+    assert train.count("tpa: einsums") == 1
+
+
 def test_report_tables_training_speed_against_the_twin_measured_in_the_same_call():
     def row(variant, tokens_per_s, flops, mfu=0.3):
         return {"variant": variant, "tokens_per_s": tokens_per_s, "flops_per_token": flops, "mfu": mfu,
