@@ -31,7 +31,7 @@ from latentlm.model.attention import latent_decode
 from latentlm.model.attention.latent import LatentAttention
 
 TILES = {"block_n": (32, 64, 128), "num_warps": (4, 8), "num_stages": (2, 3)}
-SPLITS_PER_SM = (0.5, 1, 2, 4)  # programs (sequences x blocks x splits) per SM; the default aims at 2
+SPLITS_PER_SM = (0.5, 1, 2, 4)  # programs (sequences x blocks x splits) per SM; the default aims at 1
 
 
 def memory_bandwidth_gbs(gib: int = 4, repeats: int = 10) -> float:
@@ -90,7 +90,7 @@ def main() -> None:
         kv = torch.randn(batch, positions, width, device="cuda", dtype=torch.bfloat16)
         q = torch.randn(batch, nb, heads, c + rope, device="cuda", dtype=torch.bfloat16)
         read = (kv.numel() + q.numel()) * 2
-        default_splits = max(1, min(math.ceil(2 * sms / (batch * nb)), positions // latent_decode.MIN_SPLIT))
+        default_splits, default_block_n = latent_decode.default_launch(batch * nb, positions, sms)
         split_counts = sorted({default_splits} | {
             max(1, min(math.ceil(f * sms / (batch * nb)), positions // 64)) for f in SPLITS_PER_SM})
         for block_n, warps, stages in itertools.product(*TILES.values()):
@@ -98,7 +98,7 @@ def main() -> None:
                 call = partial(latent_decode.attend, q, kv, nb, c, rope, layer.scale, splits=splits,
                                block_n=block_n, num_warps=warps, num_stages=stages, key_offset=key_offset)
                 seconds = graph_replay_seconds(call, args.iters)  # a graph: without the host's launch cost
-                default = (block_n, warps, stages, splits) == (latent_decode.BLOCK_N, latent_decode.NUM_WARPS,
+                default = (block_n, warps, stages, splits) == (default_block_n, latent_decode.NUM_WARPS,
                                                                latent_decode.NUM_STAGES, default_splits)
                 rows.append({"batch": batch, "positions": positions, "block_n": block_n, "num_warps": warps,
                              "num_stages": stages, "splits": splits, "default": default, "us": seconds * 1e6,

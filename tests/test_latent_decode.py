@@ -1,6 +1,7 @@
 """The split-KV Triton decode kernel of latent attention (and GTA's, which reuses it) against SDPA and GTA's einsum
 path: on CPU through Triton's interpreter (fp16: the interpreter mishandles bf16), on GPU in bf16 inside the model."""
 
+import json
 import os
 import subprocess
 import sys
@@ -109,6 +110,29 @@ def test_kernel_matches_reference_in_interpreter(check):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("rows, positions, sms", [(64, 4096, 132), (64, 16384, 132), (1, 4096, 132),
+                                                   (1, 16384, 132), (256, 65536, 132), (2, 300, 1), (1, 40, 132)])
+def test_default_launch_fills_each_sm_once_with_splits_of_at_least_a_tile(rows, positions, sms):
+    splits, block_n = latent_decode.default_launch(rows, positions, sms)
+    assert splits >= 1 and (rows * splits <= sms or splits == 1)  # about one program an SM, never more waves
+    assert rows * (splits + 1) > sms or splits * latent_decode.BLOCK_N >= positions  # no SM left idle by choice
+    assert positions / splits >= block_n or splits == 1  # every split at least one tile (the last may be ragged)
+    assert block_n == (latent_decode.LONG_BLOCK_N if positions / splits >= latent_decode.LONG_SPLIT else 64)
+
+
+def test_default_launch_is_within_5_percent_of_the_fastest_the_kernel_benchmark_timed():
+    """At each shape of the committed H200 run (docs/bench_latent_kernel.json; 132 SMs), the default settings were
+    timed and are at most 5% slower than the fastest of the 96 tried."""
+    bench = json.loads((REPO / "docs" / "bench_latent_kernel.json").read_text())
+    shapes = {(r["batch"], r["positions"]) for r in bench["rows"]}
+    for batch, positions in sorted(shapes):
+        timed = {(r["splits"], r["block_n"], r["num_warps"], r["num_stages"]): r["us"] for r in bench["rows"]
+                 if (r["batch"], r["positions"]) == (batch, positions)}
+        splits, block_n = latent_decode.default_launch(batch * bench["n_blocks"], positions, 132)
+        default = timed[splits, block_n, latent_decode.NUM_WARPS, latent_decode.NUM_STAGES]
+        assert default <= 1.05 * min(timed.values()), (batch, positions, default, min(timed.values()))
 
 
 def test_unsupported_shapes_fall_back():

@@ -25,9 +25,21 @@ from functools import cache
 import torch
 from torch import Tensor
 
-BLOCK_N = 64  # cached positions per inner-loop tile
-NUM_WARPS, NUM_STAGES = 4, 2  # scripts/bench_latent_kernel.py times other tiles and splits against these
-MIN_SPLIT = 256  # fewest positions per split: shorter ones add merge work for little extra parallelism
+# The default launch (scripts/bench_latent_kernel.py times every tile and split against it). Chosen from that script's
+# H200 run (docs/bench_latent_kernel.json: MLA+RoPE at 30m, 4 shapes x 96 settings): 3 stages beat 2 at every shape;
+# about one program per SM beat two (batch 64: 2 splits, not 5; batch 1: 64-132 splits of 64-128 positions, not 16
+# of 256); 128-position tiles beat 64 where a split is long (batch 64: 150 vs 170 us at 16,384 positions) and lost
+# where it is short (batch 1).
+BLOCK_N, LONG_BLOCK_N = 64, 128  # cached positions per inner-loop tile; the long tile from LONG_SPLIT positions a split
+LONG_SPLIT = 1024
+NUM_WARPS, NUM_STAGES = 4, 3
+
+
+def default_launch(rows: int, positions: int, sms: int) -> tuple[int, int]:
+    """(splits, block_n) for `rows` (sequence, latent block) pairs over `positions` cached positions on `sms` SMs:
+    about one program (row, split) per SM but no split shorter than one tile, and the long tile for long splits."""
+    splits = max(1, min(sms // rows, math.ceil(positions / BLOCK_N)))
+    return splits, LONG_BLOCK_N if positions >= LONG_SPLIT * splits else BLOCK_N
 
 
 def padded(width: int) -> int:
@@ -58,7 +70,7 @@ def _interpreting() -> bool:
 @torch.library.custom_op("latentlm::latent_decode", mutates_args=())
 def attend(
     q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None,
-    block_n: int = BLOCK_N, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, key_offset: int = 0,
+    block_n: int | None = None, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, key_offset: int = 0,
 ) -> Tensor:
     """Softmax attention of one query token per sequence over every cached row.
 
@@ -67,9 +79,9 @@ def attend(
     kv: (B, S, key_offset + n_blocks * block_dim + rope_dim), the cache; block n's value is c_n (columns
     n * block_dim...), its key [ck_n | k_pe] with ck_n key_offset columns further (0: the joint row, ck_n = c_n;
     the split row [c_v | c_k | k_pe] has key_offset = n_blocks * block_dim).
-    splits: how many parts the positions are cut into (None: enough programs to fill the GPU twice over, but
-    no part shorter than MIN_SPLIT positions). block_n, num_warps, num_stages: the tile (positions per inner-loop
-    step, a power of two >= 16) and Triton's launch settings. Returns (B, n_blocks, H, block_dim) in q's dtype.
+    splits, block_n: how many parts the positions are cut into and the tile (positions per inner-loop step, a power
+    of two >= 16); None: `default_launch`'s. num_warps, num_stages: Triton's launch settings.
+    Returns (B, n_blocks, H, block_dim) in q's dtype.
     A torch.library custom op, so torch.compile treats the kernels as one opaque call and fuses around it.
     """
     B, nb, H, width = q.shape
@@ -77,9 +89,11 @@ def attend(
     latent_dim = key_offset + n_blocks * block_dim  # the rotary key's first column
     assert nb == n_blocks and width == block_dim + rope_dim and kv.size(2) == latent_dim + rope_dim
     q = q.reshape(B * nb, H, width).contiguous()
-    if splits is None:
+    if splits is None or block_n is None:
         sms = torch.cuda.get_device_properties(kv.device).multi_processor_count if kv.is_cuda else 1
-        splits = max(1, min(math.ceil(2 * sms / (B * nb)), S // MIN_SPLIT))
+        default_splits, default_block_n = default_launch(B * nb, S, sms)
+        splits = default_splits if splits is None else splits
+        block_n = default_block_n if block_n is None else block_n
     per_split = math.ceil(S / splits / block_n) * block_n
     splits = math.ceil(S / per_split)  # every split non-empty
     parts = torch.empty(B * nb, splits, H, block_dim, device=q.device, dtype=torch.float32)
@@ -105,7 +119,7 @@ def attend(
 
 @attend.register_fake
 def _(q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None,
-      block_n: int = BLOCK_N, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, key_offset: int = 0):
+      block_n: int | None = None, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, key_offset: int = 0):
     B, nb, H, _ = q.shape
     return q.new_empty(B, nb, H, block_dim)
 
