@@ -192,7 +192,9 @@ def train_table(bench: dict[str, Any]) -> str:
         twin = rows.get(attention if switched else twin_of(v) or "")
         speed, flops = (f"{r[k] / twin[k]:.2f}x" if twin else "–" for k in ("tokens_per_s", "flops_per_token"))
         mfu = "–" if r.get("mfu") is None else f"{r['mfu']:.1%}"
-        lines.append(f"| {v} | {r['tokens_per_s']:,.0f} | {speed} | {flops} | {mfu} |")
+        runs = r.get("tokens_per_s_runs", [])  # bench_train.py --repeats: the median run's row, every run's rate
+        spread = f" ({min(runs):,.0f}-{max(runs):,.0f}, {len(runs)} runs)" if runs else ""
+        lines.append(f"| {v} | {r['tokens_per_s']:,.0f}{spread} | {speed} | {flops} | {mfu} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,10 @@ experiment=bench_train_smoke (the tiny model, 30 steps a variant), unless --expe
 shape and steps, in a process of its own (scripts/bench_plain_loop.py says how); its row comes first, and every
 variant gets its ratio to it. --plain-loop mha,... also times those variants' LitGPT stepped by hand, without the
 Trainer (rows "mha (plain loop)"): the Trainer's row over that one is what Lightning's loop costs.
+
+--repeats N runs every row N times, round after round (each round every row once, in the same order), and reports
+each row's median run with all its runs' tokens/s (`tokens_per_s_runs`): one run a row can be off by 20% on a lent
+GPU (mha_rope once took 23.1 ms a step where the calls around it measured 18.9).
 """
 
 import argparse
@@ -20,7 +24,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -65,6 +71,13 @@ def run_name(spec: str, rank: float) -> str:
     return f"{safe}-r{rank}"
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median tokens/s (the lower one of an even count) and, with more than one run, every run's
+    tokens/s as `tokens_per_s_runs`."""
+    row = sorted(runs, key=lambda r: r["tokens_per_s"])[(len(runs) - 1) // 2]
+    return row if len(runs) == 1 else {**row, "tokens_per_s_runs": [r["tokens_per_s"] for r in runs]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=VARIANTS,
@@ -81,6 +94,9 @@ def main() -> None:
                         help="a karpathy/nanoGPT checkout: time its model.py at the same shape first, as the reference")
     parser.add_argument("--plain-loop", default="", metavar="VARIANTS",
                         help="also time these variants in a plain PyTorch loop, without the Trainer")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every row this many times, round after round; each row is then its median run, with "
+                        "every run's tokens/s beside it")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     try:
@@ -104,7 +120,7 @@ def main() -> None:
                   "--experiment bench_train runs the GPU benchmark (model=30m)", flush=True)
 
     matmul = matmul_tflops()
-    rows = []
+    rows: list[dict] = []
 
     def save() -> None:
         """Each row's ratios to mha and nanoGPT, and the JSON: written after every row, so a crash or a time-out
@@ -140,26 +156,36 @@ def main() -> None:
         return s, {**columns(s, s["ms_per_step"], s["kv_elements_per_token"]), "shape": s["shape"],
                    "compiled": s["compiled"], "fused_adamw": s["fused_adamw"]}
 
-    if args.nanogpt is not None:
-        s, row = plain_loop("nanogpt", f"--nanogpt={args.nanogpt.resolve()}")
-        rows.append({"variant": "nanogpt", "rank": None, **row, "nanogpt": s["nanogpt"], "bias": s["bias"]})
-        save()
-    for variant in plain_loops:
-        _, row = plain_loop(f"{variant}-r{args.rank}-plain-loop", "--ours", f"attention={variant}",
+    def nanogpt_row(suffix: str) -> dict:
+        s, row = plain_loop(f"nanogpt{suffix}", f"--nanogpt={args.nanogpt.resolve()}")
+        return {"variant": "nanogpt", "rank": None, **row, "nanogpt": s["nanogpt"], "bias": s["bias"]}
+
+    def plain_loop_row(variant: str, suffix: str) -> dict:
+        _, row = plain_loop(f"{variant}-r{args.rank}-plain-loop{suffix}", "--ours", f"attention={variant}",
                             f"rank={args.rank}")
-        rows.append({"variant": f"{variant} (plain loop)", "rank": args.rank, **row})
-        save()
-    for variant, (attention, variant_overrides) in variants.items():
-        variant_dir = (args.runs / run_name(variant, args.rank)).resolve()  # the runs start in the repo
+        return {"variant": f"{variant} (plain loop)", "rank": args.rank, **row}
+
+    def trainer_row(variant: str, attention: str, overrides: list[str], suffix: str) -> dict:
+        variant_dir = (args.runs / f"{run_name(variant, args.rank)}{suffix}").resolve()  # the runs start in the repo
         cmd = [sys.executable, "-m", "latentlm.train", f"experiment={args.experiment}", f"attention={attention}",
-               f"rank={args.rank}", f"hydra.run.dir={variant_dir}", *args.overrides, *variant_overrides]
+               f"rank={args.rank}", f"hydra.run.dir={variant_dir}", *args.overrides, *overrides]
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
         s = json.loads((variant_dir / "summary.json").read_text())
         ms_per_step = 1e3 * s["tokens"] / s["steps"] / s["tokens_per_s"]
-        rows.append({"variant": variant, "rank": args.rank,
-                     **columns(s, ms_per_step, s["kv_cache"]["elements_per_token"])})
-        save()
+        return {"variant": variant, "rank": args.rank, **columns(s, ms_per_step, s["kv_cache"]["elements_per_token"])}
+
+    # One job a row: nanoGPT, the plain loops, the Trainer variants. With --repeats each round runs every job once,
+    # in this order, so that a slow spell of the machine falls on every row alike; a row is its median run.
+    jobs: dict[str, Callable[[str], dict]] = {"nanogpt": nanogpt_row} if args.nanogpt is not None else {}
+    jobs |= {f"{v} (plain loop)": partial(plain_loop_row, v) for v in plain_loops}
+    jobs |= {v: partial(trainer_row, v, attention, overrides) for v, (attention, overrides) in variants.items()}
+    runs: dict[str, list[dict]] = {}
+    for repeat in range(args.repeats):
+        for name, job in jobs.items():
+            runs.setdefault(name, []).append(job(f"-{repeat + 1}" if args.repeats > 1 else ""))
+            rows = [median_run(r) for r in runs.values()]
+            save()
     print(f"\n{rows[0]['device']}, {rows[0]['precision']}, bf16 matmul measured: "
           f"{matmul:.0f} TFLOP/s\n" if matmul else "\n")
     if rows[0]["variant"] == "nanogpt":

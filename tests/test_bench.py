@@ -151,6 +151,24 @@ def test_bench_train_on_a_cpu_runs_its_cpu_twin_and_the_references_into_logs(tmp
     assert re.search(r"^\| mha \(plain loop\) \| ", out, re.MULTILINE)
 
 
+def test_bench_train_repeats_every_row_and_reports_its_median_run(tmp_path):
+    run_script("bench_train.py", "--variants", "mha", "--repeats", "2", "trainer.max_steps=8",
+               "callbacks.throughput.warmup_steps=2", "callbacks.throughput.window=2", cwd=tmp_path)
+    run = only_run(tmp_path, "train")
+    (row,) = json.loads((run / "bench_train.json").read_text())["rows"]
+    runs = [json.loads((run / "runs" / f"mha-r0.5-{i}" / "summary.json").read_text())["tokens_per_s"] for i in (1, 2)]
+    assert row["tokens_per_s_runs"] == runs and row["tokens_per_s"] == min(runs)  # the lower of an even count
+
+
+def test_bench_train_median_run_is_the_middle_one_by_tokens_per_s(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from bench_train import median_run
+
+    runs = [{"tokens_per_s": t, "ms_per_step": 1e3 / t} for t in (3.0, 1.0, 2.0)]
+    assert median_run(runs) == {"tokens_per_s": 2.0, "ms_per_step": 500.0, "tokens_per_s_runs": [3.0, 1.0, 2.0]}
+    assert median_run(runs[:1]) == runs[0]  # one run: its row as it was
+
+
 def test_bench_train_variant_names_its_own_overrides(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     from bench_train import parse_variant, run_name
