@@ -3,9 +3,11 @@
     python scripts/bench_decode.py [--model 30m] [--rank 0.5] [--contexts 512,...,16384] [--batches 1,8,64,256]
         [--variants mha,mla_rope,mla_rope@1.0,...] [--warm-jobs 8] [--out docs/]
 
-A variant is `name[@rank][:naive]`: an attention config, its rank if not --rank, and ':naive' to decode a latent
-variant unabsorbed. The paper's decode claim (MLA at r = d/2 is 1.4x faster than full-rank MLA) is
-`mla_rope` beside `mla_rope@1.0`; for every such pair the script prints the ratio of their tokens/s.
+A variant is `name[@rank][:naive|:fused]`: an attention config, its rank if not --rank, and ':naive' to decode a
+latent variant unabsorbed, ':fused' to decode it absorbed with W_uk folded into the query projection and W_uv into
+W_o (LatentAttention.fuse_absorption; not for gated layers). The paper's decode claim (MLA at r = d/2 is 1.4x
+faster than full-rank MLA) is `mla_rope` beside `mla_rope@1.0`; for every such pair the script prints the ratio of
+their tokens/s.
 
 For each variant (MLA and MLRA with absorbed and naive decoding): the cache bytes per token by formula and
 as measured growth of allocated GPU memory, the largest batch x context that fits --budget-gib, and the
@@ -34,6 +36,7 @@ from omegaconf import OmegaConf
 
 from latentlm.config import compose_train
 from latentlm.model import GPT
+from latentlm.model.attention.latent import LatentAttention
 
 VARIANTS = "mha,mqa,gqa,mla,mla_rope,mla_rope@1.0,mla_rope:naive,mla_rope_split,mlra,mlra:naive"
 # (model, contexts, batches) by default: the paper-sized benchmark on a GPU, one that takes minutes on a CPU.
@@ -44,10 +47,10 @@ SIZES = {
 
 
 def parse_variant(variant: str, default_rank: float) -> tuple[str, float, str]:
-    """`name[@rank][:naive|:absorbed]` -> (config name, rank, decode path or '')."""
-    match = re.fullmatch(r"(\w+)(?:@([\d.]+))?(?::(naive|absorbed))?", variant)
+    """`name[@rank][:naive|:absorbed|:fused]` -> (config name, rank, decode path or '')."""
+    match = re.fullmatch(r"(\w+)(?:@([\d.]+))?(?::(naive|absorbed|fused))?", variant)
     if match is None:
-        raise ValueError(f"variant {variant!r} is not name[@rank][:naive]")
+        raise ValueError(f"variant {variant!r} is not name[@rank][:naive|:absorbed|:fused]")
     name, rank, path = match.groups()
     return name, float(rank) if rank else default_rank, path or ""
 
@@ -64,9 +67,13 @@ def build(variant: str, model: str, default_rank: float, max_len: int, device: s
     model_cfg.pop("_target_")
     model_cfg.pop("_recursive_", None)
     if path:
-        model_cfg["attention"]["absorb"] = path == "absorbed"
-    net = GPT(vocab_size=4096, **model_cfg)
-    return net.to(device=device, dtype=dtype).eval()
+        model_cfg["attention"]["absorb"] = path != "naive"
+    net = GPT(vocab_size=4096, **model_cfg).to(device=device, dtype=dtype).eval()
+    if path == "fused":
+        for layer in net.modules():
+            if isinstance(layer, LatentAttention):
+                layer.fuse_absorption()
+    return net
 
 
 def measured_bytes_per_token(net: GPT, device: str, dtype: torch.dtype, batch: int = 4, length: int = 1024) -> float:
@@ -196,7 +203,8 @@ def plot(rows: list[dict], out_dir: Path, batch: int) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=VARIANTS,
-                        help="name[@rank][:naive], comma separated; ':naive' decodes a latent variant unabsorbed")
+                        help="name[@rank][:naive|:fused], comma separated; ':naive' decodes a latent variant "
+                        "unabsorbed, ':fused' absorbed through fused weights")
     for key, default in SIZES["cuda"].items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(default),
                             help=f"default: {default} ({SIZES['cpu'][key]} without a GPU)")
@@ -238,7 +246,9 @@ def main() -> None:
             parser.error(str(err))
         latent[v] = is_latent(name)
         if path and not latent[v]:
-            parser.error(f"variant {v}: only a latent variant (one with a rank) decodes naive or absorbed")
+            parser.error(f"variant {v}: only a latent variant (one with a rank) decodes naive, absorbed or fused")
+        if path == "fused" and compose_train([f"attention={name}"]).attention.get("gated"):
+            parser.error(f"variant {v}: a gated latent layer has no fused form (its gate lies between W_uv and W_o)")
     variants = [v if ":" in v or not latent[v] else f"{v}:absorbed" for v in specs]
     if args.warm_only:
         warm(variants, args, contexts, batches, device, dtype)

@@ -87,6 +87,39 @@ def test_absorbed_equals_naive(name, rank, block):
     torch.testing.assert_close(logits["mixed"], logits["naive"], rtol=1e-10, atol=1e-12)
 
 
+def fuse_absorption(model: GPT) -> list[LatentAttention]:
+    layers = [block.attn for block in model.blocks if isinstance(block.attn, LatentAttention)]
+    for attn in layers:
+        attn.fuse_absorption()
+    return layers
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANTS if "rank" in attention_cfg(n) and not attention_cfg(n)["gated"]])
+@pytest.mark.parametrize("q_rank", [None, 0.5])
+def test_fused_absorption_equals_the_absorbed_path(name, q_rank):
+    """W_uk folded into the query projection and W_uv into W_o (DeepSeek-V2's inference form) give the absorbed
+    path's logits, for decode steps and short chunks ("mixed": longer chunks stay naive)."""
+    model = make_gpt(name, q_rank=q_rank)
+    idx = torch.randint(0, VOCAB, (2, 40))
+    for path in ("absorbed", "mixed"):
+        use_decode_path(model, path)
+        unfused = decode_logits(model, idx, CHUNKS)
+        layers = fuse_absorption(model)
+        torch.testing.assert_close(decode_logits(model, idx, CHUNKS), unfused, rtol=1e-10, atol=1e-12)
+        model.train()
+        assert all(attn.w_q_fused is None and attn.w_o_fused is None for attn in layers)  # stale once it trains
+        model.eval()
+
+
+def test_fused_absorption_leaves_checkpoints_alone_and_refuses_a_gated_layer():
+    model = make_gpt("mla_rope")
+    keys = set(model.state_dict())
+    fuse_absorption(model)
+    assert set(model.state_dict()) == keys
+    with pytest.raises(ValueError, match="^a gated latent layer cannot fold W_uv into W_o"):
+        fuse_absorption(make_gpt("mlra_gated"))
+
+
 @pytest.mark.parametrize(
     ("options", "expected"),
     [

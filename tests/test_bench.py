@@ -204,15 +204,16 @@ def test_bench_train_names_unknown_variants_in_one_line_before_any_run(tmp_path)
 
 
 def test_bench_decode_on_a_cpu_is_cpu_sized_and_writes_into_logs(tmp_path):
-    proc = run_script("bench_decode.py", "--variants", "mha,gla2,gta", "--contexts", "16,32", "--iters", "2",
-                      cwd=tmp_path)
+    proc = run_script("bench_decode.py", "--variants", "mha,gla2,gta,mla_rope:fused", "--contexts", "16,32",
+                      "--iters", "2", cwd=tmp_path)
     assert proc.stdout.startswith("no GPU: --model tiny --contexts 16,32 --batches 1,8 (a CPU-sized benchmark;")
     run = only_run(tmp_path, "decode")
     result = json.loads((run / "bench_decode.json").read_text())
-    assert result["model"] == "tiny" and len(result["rows"]) == 3 * 2 * 2  # variants x contexts x batches
-    # a variant with a rank is latent: it decodes absorbed by default and records its rank
+    assert result["model"] == "tiny" and len(result["rows"]) == 4 * 2 * 2  # variants x contexts x batches
+    assert all(r["tokens_per_s"] > 0 for r in result["rows"])
+    # a variant with a rank is latent: it decodes absorbed by default (or as asked) and records its rank
     assert [(s["variant"], s["rank"]) for s in result["summary"]] == [("mha", None), ("gla2:absorbed", 0.5),
-                                                                       ("gta", None)]
+                                                                       ("gta", None), ("mla_rope:fused", 0.5)]
     for s in result["summary"]:  # each variant's wall time, printed as it ends
         assert s["wall_s"] > 0 and f"{s['variant']}: {s['wall_s']:.0f} s" in proc.stdout
     assert (run / "decode_tokens_per_s.png").is_file() and (run / "decode_cache_bytes.png").is_file()
@@ -233,12 +234,14 @@ def test_bench_decode_warms_the_compile_cache_that_its_timed_pass_reads(tmp_path
     assert json.loads((tmp_path / "out" / "bench_decode.json").read_text())["rows"][0]["tokens_per_s"] > 0
 
 
-def test_bench_decode_decodes_naive_only_latent_variants(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_decode.py"), "--variants", "mha,gta:naive"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env=script_env())
-    assert proc.returncode == 2
-    assert "variant gta:naive: only a latent variant (one with a rank) decodes naive or absorbed" in proc.stderr
+@pytest.mark.parametrize(("variants", "message"), [
+    ("mha,gta:naive", "variant gta:naive: only a latent variant (one with a rank) decodes naive, absorbed or fused"),
+    ("mha,mlra_gated:fused", "variant mlra_gated:fused: a gated latent layer has no fused form"),
+])
+def test_bench_decode_refuses_decode_paths_a_variant_lacks(tmp_path, variants, message):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_decode.py"), "--variants", variants],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=script_env())
+    assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "logs").exists()
 
 
 def test_bench_tp_decode_on_a_cpu_is_a_gloo_smoke_into_logs(tmp_path):

@@ -163,14 +163,18 @@ def test_kernel_addresses_caches_over_2_31_elements():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("name", "rank"), [
-    *((name, 0.5) for name in ("mla", "mla_rope", "mla_rope_split", "mlra", "gla2", "gla4", "mlra2", "gta")),
-    ("mla_rope", 0.375), ("mlra", 0.75),  # a 24-wide latent, 12-wide blocks: widths the kernel pads (as at 124m)
+@pytest.mark.parametrize(("name", "rank", "fused"), [
+    *((name, 0.5, False) for name in ("mla", "mla_rope", "mla_rope_split", "mlra", "gla2", "gla4", "mlra2", "gta")),
+    ("mla_rope", 0.375, False), ("mlra", 0.75, False),  # a 24-wide latent, 12-wide blocks: padded (as at 124m)
+    *((name, 0.5, True) for name in ("mla_rope", "mla_rope_split", "mlra2")),  # fuse_absorption's weights
 ])
-def test_model_decode_with_kernel_equals_sdpa_path(monkeypatch, name, rank):
-    from tests.test_attention import make_gpt
+def test_model_decode_with_kernel_equals_sdpa_path(monkeypatch, name, rank, fused):
+    """The kernel's decode (eager and compiled) against the SDPA path of the unfused model."""
+    from tests.test_attention import fuse_absorption, make_gpt
 
     model = make_gpt(name, rank, dtype=torch.bfloat16).cuda()
+    if fused:
+        fuse_absorption(model)
     idx = torch.randint(0, 101, (3, 40), device="cuda")
 
     def decode(step) -> torch.Tensor:
@@ -189,5 +193,6 @@ def test_model_decode_with_kernel_equals_sdpa_path(monkeypatch, name, rank):
         assert kernel_calls.call_count == 30 * len(model.blocks)
         compiled = decode(torch.compile(model, dynamic=True))  # the kernel as an opaque custom op in the graph
         monkeypatch.setattr(latent_decode, "supported", lambda *a: False)
+        model.train().eval()  # drops fused weights
         sdpa = decode(model)
     assert rel(kernel, sdpa) < 1e-2 and rel(compiled, sdpa) < 1e-2

@@ -150,6 +150,9 @@ class LatentAttention(Attention):
         self.wo = nn.Linear(n_head * hd, d_model, bias=False)
         self.wg = nn.Linear(d_model, n_head * hd, bias=False) if gated else None
         self.rotary = Rotary(self.rope_dim, max_seq_len, rope_base) if self.rope_dim else None
+        # fuse_absorption's weights (None until it runs; dropped when training resumes): not in checkpoints
+        self.register_buffer("w_q_fused", None, persistent=False)
+        self.register_buffer("w_o_fused", None, persistent=False)
 
     def cache_shapes(self) -> dict[str, tuple[int, ...]]:
         # One row a token, [c | k_pe] (joint) or [c_v | c_k | k_pe] (split): the value latent leads the row and
@@ -177,6 +180,7 @@ class LatentAttention(Attention):
         if n_branches * n_groups != nb or H % n_groups:
             raise ValueError(f"a shard of {nb} blocks in {n_branches} x {n_groups} serving {H} heads is not a layout")
         shard = copy.deepcopy(self)
+        shard.w_q_fused = shard.w_o_fused = None  # the shard's own weights would need their own
         shard.n_head, shard.n_branches, shard.n_groups, shard.n_blocks = H, n_branches, n_groups, nb
         shard.group_heads, shard.latent_dim = H // n_groups, nb * c
         qk, r = self.qk_dim, self.latent_dim
@@ -206,6 +210,9 @@ class LatentAttention(Attention):
 
     def forward(self, x: Tensor, cache: KVCache | None = None, start_pos: int = 0) -> Tensor:
         B, T, _ = x.shape
+        absorbed = cache is not None and self.absorb and self.absorb_max_tokens >= T
+        if absorbed and self.w_q_fused is not None:
+            return self._decode_fused(x, cache, start_pos)
         latents = self.n_latents * self.latent_dim
         q_in, latent, k_pe = self.wqkv_a(x).split([self.q_in_dim, latents, self.rope_dim], dim=-1)
         q_nope, q_pe = self._queries(q_in, start_pos)  # (B, T, H, d_nope), (B, T, H, rope_dim)
@@ -213,10 +220,8 @@ class LatentAttention(Attention):
         if cache is not None:
             kv = cache.append(start_pos, kv=torch.cat((latent, k_pe), dim=-1))["kv"]  # (B, S, latents + rope)
             latent, k_pe = kv.split([latents, self.rope_dim], dim=-1)
-        if cache is not None and self.absorb and self.absorb_max_tokens >= T:
-            y = self._attend_absorbed(q_nope, q_pe, kv)
-        else:
-            y = self._attend_naive(q_nope, q_pe, latent, k_pe)  # (B, T, H, d_h)
+        # (B, T, H, d_h)
+        y = self._attend_absorbed(q_nope, q_pe, kv) if absorbed else self._attend_naive(q_nope, q_pe, latent, k_pe)
         y = y.reshape(B, T, self.n_head * self.head_dim)
         if self.wg is not None:
             y = y * torch.sigmoid(self.wg(x))
@@ -289,13 +294,70 @@ class LatentAttention(Attention):
         q_latent = torch.einsum("btgid,pgidc->bpgtic", q_nope.view(B, T, ng, hg, -1), w_uk)  # (B, nbr, ng, T, hg, c)
         q_pe = q_pe.view(B, T, 1, ng, hg, rope).permute(0, 2, 3, 1, 4, 5).expand(B, nbr, ng, T, hg, rope)
         q = torch.cat((q_latent, q_pe), dim=-1).view(B, nb, T * hg, c + rope)  # block b's queries: its heads
-        if T == 1 and latent_decode.supported(kv, c, rope):  # a split row's key latent lies r columns further
-            key_offset = (self.n_latents - 1) * self.latent_dim
-            out = latent_decode.attend(q, kv, nb, c, rope, self.scale, key_offset=key_offset)  # (B, nb, H/ng, c)
-        else:
-            out = self._sdpa_over_cache(q, kv, T)  # (B, nb, T * H/ng, c)
+        out = self._attend_cache(q, kv, T)  # (B, nb, T * H/ng, c)
         y = torch.einsum("bpgtic,pgidc->btgid", out.view(B, nbr, ng, T, hg, c), w_uv)  # summed over branches
         return y.reshape(B, T, H, self.head_dim) * self.branch_scale
+
+    def _attend_cache(self, q: Tensor, kv: Tensor, T: int) -> Tensor:
+        """Each block's absorbed queries (B, nb, T * H/ng, c + rope) over the cache: the Triton kernel for a decode
+        step where it applies (a split row's key latent lies r columns further), else one SDPA call."""
+        if T == 1 and latent_decode.supported(kv, self.block_dim, self.rope_dim):
+            key_offset = (self.n_latents - 1) * self.latent_dim
+            return latent_decode.attend(q, kv, self.n_blocks, self.block_dim, self.rope_dim, self.scale,
+                                        key_offset=key_offset)
+        return self._sdpa_over_cache(q, kv, T)
+
+    @torch.no_grad()
+    def fuse_absorption(self) -> None:
+        """Fold W_uk into the query projection and W_uv (with the branch scale) into W_o, as the DeepSeek-V2 paper
+        describes for inference (section 2.1.2), so that an absorbed step makes every block's queries in one matmul
+        and leaves through one: two batched matmuls fewer a layer. The fused weights are computed here (in fp32 at
+        least) from the current ones (call it again after changing them; `train()` drops them), and used by every
+        absorbed step after it:
+
+            W_q~[(b, i), :c] = W_uk^(b,i)^T W_q^(i, nope),  W_q~[(b, i), c:] = W_q^(i, rope)    (b's heads i)
+            W_o~[:, (b, i)]  = W_o^(i) W_uv^(b,i) / sqrt(n_branches)
+
+        W_q is wqkv_a's query rows (which W_q~ replaces in one matmul with the latent's rows) or, with a query
+        latent, wq_b. The gate of a gated layer sits between W_uv and W_o, so it has no fused form."""
+        if self.wg is not None:
+            raise ValueError("a gated latent layer cannot fold W_uv into W_o (the gate lies between them)")
+        nbr, ng, hg, rope, hd = self.n_branches, self.n_groups, self.group_heads, self.rope_dim, self.head_dim
+        dtype = torch.promote_types(self.wo.weight.dtype, torch.float32)  # products of 16-bit weights in fp32
+        w_uk, w_uv = (w.to(dtype) for w in self._up_projections())  # (nbr, ng, hg, d_nope | d_h, c)
+        w_q = (self.wqkv_a.weight[: self.q_in_dim] if self.wq_b is None else self.wq_b.weight).to(dtype)
+        w_nope, w_pe = w_q.view(ng, hg, self.qk_dim, -1).split([self.nope_dim, rope], dim=2)
+        q_latent = torch.einsum("pgidc,gids->pgics", w_uk, w_nope)  # (nbr, ng, hg, c, q source)
+        w_q_fused = torch.cat((q_latent, w_pe.expand(nbr, ng, hg, rope, -1)), dim=3).flatten(0, 3)
+        if self.wq_b is None:  # one matmul makes the fused queries, the latent(s) and the rotary key
+            w_q_fused = torch.cat((w_q_fused, self.wqkv_a.weight[self.q_in_dim :].to(dtype)))
+        w_o = self.wo.weight.to(dtype).view(-1, ng, hg, hd)
+        w_o_fused = torch.einsum("mgid,pgidc->mpgic", w_o, w_uv).flatten(1) * self.branch_scale
+        self.w_q_fused, self.w_o_fused = (w.to(self.wo.weight.dtype) for w in (w_q_fused, w_o_fused))
+
+    def train(self, mode: bool = True) -> "LatentAttention":
+        if mode:  # fused weights go stale as soon as the weights train
+            self.w_q_fused = self.w_o_fused = None
+        return super().train(mode)
+
+    def _decode_fused(self, x: Tensor, cache: KVCache, start_pos: int) -> Tensor:
+        """An absorbed step through fuse_absorption's weights: (B, T, d_model) -> (B, T, d_model)."""
+        B, T, _ = x.shape
+        nb, hg, c, rope = self.n_blocks, self.group_heads, self.block_dim, self.rope_dim
+        latents, q_width = self.n_latents * self.latent_dim, nb * hg * (c + rope)
+        if self.wq_b is None:
+            q, latent, k_pe = F.linear(x, self.w_q_fused).split([q_width, latents, rope], dim=-1)
+        else:
+            q_in, latent, k_pe = self.wqkv_a(x).split([self.q_in_dim, latents, rope], dim=-1)
+            q = F.linear(self.q_norm(q_in) * self.q_gain, self.w_q_fused)
+        q_latent, q_pe = q.view(B, T, nb * hg, c + rope).split([c, rope], dim=-1)
+        if self.rotary is not None:
+            q_pe = self.rotary(q_pe, start_pos)
+        q = torch.cat((q_latent, q_pe), dim=-1).view(B, T, nb, hg, c + rope).transpose(1, 2)
+        latent, k_pe = self._latent(latent, k_pe, start_pos)
+        kv = cache.append(start_pos, kv=torch.cat((latent, k_pe), dim=-1))["kv"]  # (B, S, latents + rope)
+        out = self._attend_cache(q.reshape(B, nb, T * hg, c + rope), kv, T)  # (B, nb, T * hg, c)
+        return F.linear(out.view(B, nb, T, hg, c).transpose(1, 2).reshape(B, T, nb * hg * c), self.w_o_fused)
 
     def _sdpa_over_cache(self, q: Tensor, kv: Tensor, T: int) -> Tensor:
         """SDPA with the heads folded into the query length: one call reads the cache, without copies when
