@@ -740,6 +740,17 @@ def test_report_tables_decode_speed_against_the_twin_measured_in_the_same_call()
     ]
 
 
+def report_section(results: Path, heading: str, benchmarks: dict[str, dict]) -> str:
+    """The one section under `heading` of the report made with these benchmark files in paper_mla's folder."""
+    for name, bench in benchmarks.items():
+        (results / "paper_mla" / name).write_text(json.dumps(bench))
+    out = results.parent / "results.md"
+    report.main([str(results), "--out", str(out)])
+    text = out.read_text()
+    assert text.count(heading) == 1
+    return text[text.index(heading) : text.index("### Claims")]
+
+
 def test_report_gives_each_decode_benchmark_call_its_own_table(results):
     """A folder may hold several bench_decode*.json (one a call): each is tabled on its own, since a variant's ratio
     to its twin holds only within one call."""
@@ -749,14 +760,9 @@ def test_report_gives_each_decode_benchmark_call_its_own_table(results):
                 "rows": [{"variant": "mha_rope", "batch": 64, "context": 4096, "tokens_per_s": 50000.0},
                          {"variant": "gta", "batch": 64, "context": 4096, "tokens_per_s": rate}]}
 
-    folder = results / "paper_mla"
-    (folder / "bench_decode.json").write_text(json.dumps(call("bench_decode.py --variants mha_rope,gta", 25000.0)))
-    (folder / "bench_decode_kernel.json").write_text(json.dumps(call("bench_decode.py # gta's kernel", 100000.0)))
-    out = results.parent / "results.md"
-    report.main([str(results), "--out", str(out)])
-    text = out.read_text()
-    decode = text[text.index("### Decode speed") : text.index("### Claims")]
-    assert text.count("### Decode speed") == 1
+    decode = report_section(results, "### Decode speed", {
+        "bench_decode.json": call("bench_decode.py --variants mha_rope,gta", 25000.0),
+        "bench_decode_kernel.json": call("bench_decode.py # gta's kernel", 100000.0)})
     assert decode.index("`bench_decode.py --variants mha_rope,gta`") < decode.index("`bench_decode.py # gta's kernel`")
     assert "| gta | 2,560 | 25,000 (0.50x) |" in decode and "| gta | 2,560 | 100,000 (2.00x) |" in decode
 
@@ -769,14 +775,9 @@ def test_report_gives_each_training_benchmark_call_its_own_table_with_its_note(r
                 for v, t in (("mha_rope", 1.5e6), ("tpa", rate))]
         return {"date": "2026-12-01", "command": command, "rows": rows, **note}
 
-    folder = results / "paper_mla"
-    (folder / "bench_train.json").write_text(json.dumps(call("bench_train.py # einsums", 1.2e6, note="tpa: einsums")))
-    (folder / "bench_train_tpa.json").write_text(json.dumps(call("bench_train.py # broadcast", 1.35e6)))
-    out = results.parent / "results.md"
-    report.main([str(results), "--out", str(out)])
-    text = out.read_text()
-    train = text[text.index("### Training speed") : text.index("### Claims")]
-    assert text.count("### Training speed") == 1
+    train = report_section(results, "### Training speed", {
+        "bench_train.json": call("bench_train.py # einsums", 1.2e6, note="tpa: einsums"),
+        "bench_train_tpa.json": call("bench_train.py # broadcast", 1.35e6)})
     assert train.index("`bench_train.py # einsums`") < train.index("tpa: einsums") < train.index("# broadcast`")
     assert "| tpa | 1,200,000 | 0.80x | 1.00x | 30.0% |" in train and "| tpa | 1,350,000 | 0.90x |" in train
     assert train.count("tpa: einsums") == 1
