@@ -90,16 +90,16 @@ def main() -> None:
         kv = torch.randn(batch, positions, width, device="cuda", dtype=torch.bfloat16)
         q = torch.randn(batch, nb, heads, c + rope, device="cuda", dtype=torch.bfloat16)
         read = (kv.numel() + q.numel()) * 2
-        default_splits, default_block_n = latent_decode.default_launch(batch * nb, positions, sms)
-        split_counts = sorted({default_splits} | {
+        row_width = latent_decode.padded(c) * layer.n_latents + (latent_decode.padded(rope) if rope else 0)
+        default_launch = latent_decode.default_launch(batch * nb, positions, sms, row_width)
+        split_counts = sorted({default_launch[0]} | {
             max(1, min(math.ceil(f * sms / (batch * nb)), positions // 64)) for f in SPLITS_PER_SM})
         for block_n, warps, stages in itertools.product(*TILES.values()):
             for splits in split_counts:
                 call = partial(latent_decode.attend, q, kv, nb, c, rope, layer.scale, splits=splits,
                                block_n=block_n, num_warps=warps, num_stages=stages, key_offset=key_offset)
                 seconds = graph_replay_seconds(call, args.iters)  # a graph: without the host's launch cost
-                default = (block_n, warps, stages, splits) == (default_block_n, latent_decode.NUM_WARPS,
-                                                               latent_decode.NUM_STAGES, default_splits)
+                default = (splits, block_n, stages, warps) == (*default_launch, latent_decode.NUM_WARPS)
                 rows.append({"batch": batch, "positions": positions, "block_n": block_n, "num_warps": warps,
                              "num_stages": stages, "splits": splits, "default": default, "us": seconds * 1e6,
                              "gb_per_s": read / seconds / 1e9, "of_bandwidth": read / seconds / 1e9 / bandwidth})

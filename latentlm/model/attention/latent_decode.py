@@ -26,20 +26,27 @@ import torch
 from torch import Tensor
 
 # The default launch (scripts/bench_latent_kernel.py times every tile and split against it). Chosen from that script's
-# H200 run (docs/bench_latent_kernel.json: MLA+RoPE at 30m, 4 shapes x 96 settings): 3 stages beat 2 at every shape;
-# about one program per SM beat two (batch 64: 2 splits, not 5; batch 1: 64-132 splits of 64-128 positions, not 16
-# of 256); 128-position tiles beat 64 where a split is long (batch 64: 150 vs 170 us at 16,384 positions) and lost
-# where it is short (batch 1).
+# H200 run (docs/bench_latent_kernel.json: MLA+RoPE at 30m, 288-wide rows, 4 shapes x 96 settings): 3 stages beat 2
+# at every shape; about one program per SM beat two (batch 64: 2 splits, not 5; batch 1: 64-132 splits of 64-128
+# positions, not 16 of 256); 128-position tiles beat 64 where a split is long (batch 64: 150 vs 170 us at 16,384
+# positions) and lost where it is short (batch 1). Rows wider than that (full-rank MLA, split latents, the 124m
+# model's 384-wide latent padded to 512) keep the launch they were measured with: a 128 x 544 bf16 tile is 139 KB,
+# and three in flight may not fit the 227 KB of shared memory a program has on an H100/H200.
 BLOCK_N, LONG_BLOCK_N = 64, 128  # cached positions per inner-loop tile; the long tile from LONG_SPLIT positions a split
 LONG_SPLIT = 1024
 NUM_WARPS, NUM_STAGES = 4, 3
+MEASURED_ROW = 288  # the widest tiled row (padded latent tiles + rotary key) the launch above was measured at
+WIDE_ROW_LAUNCH = 64, 2  # wide rows: block_n, num_stages, with two programs per SM and no split under 256 positions
 
 
-def default_launch(rows: int, positions: int, sms: int) -> tuple[int, int]:
-    """(splits, block_n) for `rows` (sequence, latent block) pairs over `positions` cached positions on `sms` SMs:
-    about one program (row, split) per SM but no split shorter than one tile, and the long tile for long splits."""
+def default_launch(rows: int, positions: int, sms: int, row_width: int) -> tuple[int, int, int]:
+    """(splits, block_n, num_stages) for `rows` (sequence, latent block) pairs over `positions` cached positions on
+    `sms` SMs, each position's tiles `row_width` columns wide (padded): about one program (row, split) per SM but no
+    split shorter than one tile, and the long tile for long splits; wide rows as they were measured."""
+    if row_width > MEASURED_ROW:
+        return max(1, min(math.ceil(2 * sms / rows), positions // 256)), *WIDE_ROW_LAUNCH
     splits = max(1, min(sms // rows, math.ceil(positions / BLOCK_N)))
-    return splits, LONG_BLOCK_N if positions >= LONG_SPLIT * splits else BLOCK_N
+    return splits, LONG_BLOCK_N if positions >= LONG_SPLIT * splits else BLOCK_N, NUM_STAGES
 
 
 def padded(width: int) -> int:
@@ -70,7 +77,7 @@ def _interpreting() -> bool:
 @torch.library.custom_op("latentlm::latent_decode", mutates_args=())
 def attend(
     q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None,
-    block_n: int | None = None, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, key_offset: int = 0,
+    block_n: int | None = None, num_warps: int = NUM_WARPS, num_stages: int | None = None, key_offset: int = 0,
 ) -> Tensor:
     """Softmax attention of one query token per sequence over every cached row.
 
@@ -79,8 +86,8 @@ def attend(
     kv: (B, S, key_offset + n_blocks * block_dim + rope_dim), the cache; block n's value is c_n (columns
     n * block_dim...), its key [ck_n | k_pe] with ck_n key_offset columns further (0: the joint row, ck_n = c_n;
     the split row [c_v | c_k | k_pe] has key_offset = n_blocks * block_dim).
-    splits, block_n: how many parts the positions are cut into and the tile (positions per inner-loop step, a power
-    of two >= 16); None: `default_launch`'s. num_warps, num_stages: Triton's launch settings.
+    splits, block_n, num_stages: how many parts the positions are cut into, the tile (positions per inner-loop step,
+    a power of two >= 16) and Triton's pipeline depth; None: `default_launch`'s. num_warps: Triton's warps.
     Returns (B, n_blocks, H, block_dim) in q's dtype.
     A torch.library custom op, so torch.compile treats the kernels as one opaque call and fuses around it.
     """
@@ -89,11 +96,13 @@ def attend(
     latent_dim = key_offset + n_blocks * block_dim  # the rotary key's first column
     assert nb == n_blocks and width == block_dim + rope_dim and kv.size(2) == latent_dim + rope_dim
     q = q.reshape(B * nb, H, width).contiguous()
-    if splits is None or block_n is None:
+    if None in (splits, block_n, num_stages):
         sms = torch.cuda.get_device_properties(kv.device).multi_processor_count if kv.is_cuda else 1
-        default_splits, default_block_n = default_launch(B * nb, S, sms)
+        row_width = padded(block_dim) * (1 + (key_offset != 0)) + (padded(rope_dim) if rope_dim else 0)
+        default_splits, default_block_n, default_stages = default_launch(B * nb, S, sms, row_width)
         splits = default_splits if splits is None else splits
         block_n = default_block_n if block_n is None else block_n
+        num_stages = default_stages if num_stages is None else num_stages
     per_split = math.ceil(S / splits / block_n) * block_n
     splits = math.ceil(S / per_split)  # every split non-empty
     parts = torch.empty(B * nb, splits, H, block_dim, device=q.device, dtype=torch.float32)
@@ -119,7 +128,7 @@ def attend(
 
 @attend.register_fake
 def _(q: Tensor, kv: Tensor, n_blocks: int, block_dim: int, rope_dim: int, scale: float, splits: int | None = None,
-      block_n: int | None = None, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, key_offset: int = 0):
+      block_n: int | None = None, num_warps: int = NUM_WARPS, num_stages: int | None = None, key_offset: int = 0):
     B, nb, H, _ = q.shape
     return q.new_empty(B, nb, H, block_dim)
 
