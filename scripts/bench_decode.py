@@ -114,10 +114,11 @@ def time_step(
 
 
 def kernels(
-    net: GPT, step_fn: Callable[..., torch.Tensor], device: str, dtype: torch.dtype, batch: int = 64,
-    context: int = 4096,
-) -> list[str]:
-    """Names of the GPU kernels of one decode step that take the most time (which attention kernels run)."""
+    net: GPT, step_fn: Callable[..., torch.Tensor], device: str, dtype: torch.dtype, batch: int, context: int = 4096,
+) -> dict:
+    """The GPU kernels of one decode step: how many launch, their summed time, and the names of those that take the
+    most (which attention kernels run). At batch 1 the count matters: each kernel costs a few microseconds however
+    little it does."""
     from torch.profiler import ProfilerActivity, profile
 
     caches = net.new_caches(batch, context + 1, device, dtype)
@@ -126,18 +127,21 @@ def kernels(
         step_fn(idx, caches, context)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             step_fn(idx, caches, context)
-    events = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
-    return [f"{e.key[:90]} ({e.device_time_total / 1e3:.2f} ms)" for e in events[:6]]
+    gpu = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]  # kernels, memsets
+    events = sorted(gpu, key=lambda e: -e.device_time_total)
+    return {"launches": sum(e.count for e in events), "busy_ms": sum(e.device_time_total for e in events) / 1e3,
+            "top": [f"{e.key[:90]} ({e.device_time_total / 1e3:.2f} ms)" for e in events[:6]]}
 
 
 def warm(variants: list[str], args: argparse.Namespace, contexts: list[int], batches: list[int], device: str,
          dtype: torch.dtype) -> None:
-    """Compile each variant's decode step at every batch the timed pass runs (batch 1 is its own graph: torch.compile
-    specialises sizes of 1), kernels() 's batch 64 included, and run it once; nothing is timed or written."""
+    """Compile each variant's decode step at every batch the timed pass runs, in its order (on a GPU kernels()'s
+    batches 1 and 64 first), and run it once; nothing is timed or written. Batch 1 is a graph of its own (torch.compile
+    specialises sizes of 1), and the graphs that follow it differ from those compiled without it."""
     for variant in variants:
         net = build(variant, args.model, args.rank, max(contexts) + 1, device, dtype)
         step_fn = torch.compile(net, dynamic=True)
-        for batch in sorted({*batches, 64}):
+        for batch in dict.fromkeys([*([1, 64] if device == "cuda" else []), *batches]):
             caches = net.new_caches(batch, contexts[0] + 1, device, dtype)
             with torch.inference_mode():
                 step_fn(torch.zeros(batch, 1, dtype=torch.long, device=device), caches, contexts[0])
@@ -282,7 +286,7 @@ def main() -> None:
         info = {"variant": variant, "rank": rank, "bytes_per_token": per_token, "measured_bytes_per_token": measured,
                 "max_tokens_in_budget": int(budget // per_token), "params": net.num_params()}
         if device == "cuda":
-            info["kernels_b64_ctx4096"] = kernels(net, step_fn, device, dtype)
+            info["kernels_ctx4096"] = {f"b{b}": kernels(net, step_fn, device, dtype, b) for b in (1, 64)}
         summary.append(info)
         for context in contexts:
             for batch in batches:
@@ -346,9 +350,11 @@ def main() -> None:
                      else "-" for a, b in pairs]
             print(f"| {batch} | " + " | ".join(cells) + " |")
     if device == "cuda":
-        print("\nKernels of one decode step (batch 64, context 4096):")
+        print("\nKernels of one decode step at context 4096 (launches, GPU time; the longest at batch 64):")
         for s in summary:
-            print(f"- {s['variant']}: " + "; ".join(s["kernels_b64_ctx4096"][:3]))
+            b1, b64 = s["kernels_ctx4096"]["b1"], s["kernels_ctx4096"]["b64"]
+            print(f"- {s['variant']}: b1 {b1['launches']} in {b1['busy_ms']:.3f} ms, b64 {b64['launches']} in "
+                  f"{b64['busy_ms']:.3f} ms: " + "; ".join(b64["top"][:3]))
     save()
     plots = plot(rows, args.out, args.plot_batch)
     print(f"\nwrote {out} and {', '.join(str(p) for p in plots)}")
