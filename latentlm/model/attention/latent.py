@@ -220,7 +220,7 @@ class LatentAttention(Attention):
         if cache is not None:
             kv = cache.append(start_pos, kv=torch.cat((latent, k_pe), dim=-1))["kv"]  # (B, S, latents + rope)
             latent, k_pe = kv.split([latents, self.rope_dim], dim=-1)
-        # (B, T, H, d_h)
+        # y: (B, T, H, d_h)
         y = self._attend_absorbed(q_nope, q_pe, kv) if absorbed else self._attend_naive(q_nope, q_pe, latent, k_pe)
         y = y.reshape(B, T, self.n_head * self.head_dim)
         if self.wg is not None:
