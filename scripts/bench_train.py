@@ -99,6 +99,8 @@ def main() -> None:
                         "every run's tokens/s beside it")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: every row runs at least once")
     try:
         variants = {spec: parse_variant(spec) for spec in args.variants.split(",")}
     except ValueError as err:

@@ -201,6 +201,10 @@ def test_bench_train_names_unknown_variants_in_one_line_before_any_run(tmp_path)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("error: no attention config foo, bar; choose from gla2, gla4, gqa,")
     assert not (tmp_path / "logs").exists()  # nothing ran
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_train.py"), "--repeats", "0"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=script_env())
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("error: --repeats 0: every row runs at least once")
+    assert not (tmp_path / "logs").exists()
 
 
 def test_bench_decode_on_a_cpu_is_cpu_sized_and_writes_into_logs(tmp_path):
