@@ -31,7 +31,7 @@ from latentlm.model.attention import latent_decode
 from latentlm.model.attention.latent import LatentAttention
 
 TILES = {"block_n": (32, 64, 128), "num_warps": (4, 8), "num_stages": (2, 3)}
-SPLITS_PER_SM = (0.5, 1, 2, 4)  # programs (sequences x blocks x splits) per SM; the default aims at 1
+SPLITS_PER_SM = (0.5, 1, 2, 4)  # programs (sequences x blocks x splits) per SM; the default aims at 1 (2 for wide rows)
 
 
 def memory_bandwidth_gbs(gib: int = 4, repeats: int = 10) -> float:
@@ -90,8 +90,7 @@ def main() -> None:
         kv = torch.randn(batch, positions, width, device="cuda", dtype=torch.bfloat16)
         q = torch.randn(batch, nb, heads, c + rope, device="cuda", dtype=torch.bfloat16)
         read = (kv.numel() + q.numel()) * 2
-        row_width = latent_decode.padded(c) * layer.n_latents + (latent_decode.padded(rope) if rope else 0)
-        default_launch = latent_decode.default_launch(batch * nb, positions, sms, row_width)
+        default_launch = latent_decode.default_launch(batch * nb, positions, sms, c, rope, layer.n_latents == 2)
         split_counts = sorted({default_launch[0]} | {
             max(1, min(math.ceil(f * sms / (batch * nb)), positions // 64)) for f in SPLITS_PER_SM})
         for block_n, warps, stages in itertools.product(*TILES.values()):

@@ -115,14 +115,15 @@ def test_kernel_matches_reference_in_interpreter(check):
 @pytest.mark.parametrize("rows, positions, sms", [(64, 4096, 132), (64, 16384, 132), (1, 4096, 132),
                                                    (1, 16384, 132), (256, 65536, 132), (2, 300, 1), (1, 40, 132)])
 def test_default_launch_fills_each_sm_once_with_splits_of_at_least_a_tile(rows, positions, sms):
-    splits, block_n, stages = latent_decode.default_launch(rows, positions, sms, row_width=288)
+    splits, block_n, stages = latent_decode.default_launch(rows, positions, sms, 256, 32)  # MLA+RoPE's 288
     assert splits >= 1 and (rows * splits <= sms or splits == 1)  # about one program an SM, never more waves
     assert rows * (splits + 1) > sms or splits * latent_decode.BLOCK_N >= positions  # no SM left idle by choice
     assert positions / splits >= block_n or splits == 1  # every split at least one tile (the last may be ragged)
     assert block_n == (latent_decode.LONG_BLOCK_N if positions / splits >= latent_decode.LONG_SPLIT else 64)
     assert stages == latent_decode.NUM_STAGES
     # rows wider than those measured (full-rank MLA's 544, split latents) keep the launch they were measured with
-    assert latent_decode.default_launch(rows, positions, sms, row_width=544)[1:] == latent_decode.WIDE_ROW_LAUNCH
+    for wide in ((512, 32), (256, 32, True)):  # full-rank MLA+RoPE (544 padded columns), split latents (544)
+        assert latent_decode.default_launch(rows, positions, sms, *wide)[1:] == latent_decode.WIDE_ROW_LAUNCH
 
 
 def test_default_launch_is_within_5_percent_of_the_fastest_the_kernel_benchmark_timed():
@@ -133,8 +134,8 @@ def test_default_launch_is_within_5_percent_of_the_fastest_the_kernel_benchmark_
     for batch, positions in sorted(shapes):
         timed = {(r["splits"], r["block_n"], r["num_warps"], r["num_stages"]): r["us"] for r in bench["rows"]
                  if (r["batch"], r["positions"]) == (batch, positions)}
-        row_width = latent_decode.padded(bench["block_dim"]) + latent_decode.padded(bench["rope_dim"])  # joint rows
-        splits, block_n, stages = latent_decode.default_launch(batch * bench["n_blocks"], positions, 132, row_width)
+        splits, block_n, stages = latent_decode.default_launch(batch * bench["n_blocks"], positions, 132,
+                                                               bench["block_dim"], bench["rope_dim"])
         default = timed[splits, block_n, latent_decode.NUM_WARPS, stages]
         assert default <= 1.05 * min(timed.values()), (batch, positions, default, min(timed.values()))
 

@@ -39,10 +39,14 @@ MEASURED_ROW = 288  # the widest tiled row (padded latent tiles + rotary key) th
 WIDE_ROW_LAUNCH = 64, 2  # wide rows: block_n, num_stages, with two programs per SM and no split under 256 positions
 
 
-def default_launch(rows: int, positions: int, sms: int, row_width: int) -> tuple[int, int, int]:
+def default_launch(
+    rows: int, positions: int, sms: int, block_dim: int, rope_dim: int, split_rows: bool = False,
+) -> tuple[int, int, int]:
     """(splits, block_n, num_stages) for `rows` (sequence, latent block) pairs over `positions` cached positions on
-    `sms` SMs, each position's tiles `row_width` columns wide (padded): about one program (row, split) per SM but no
-    split shorter than one tile, and the long tile for long splits; wide rows as they were measured."""
+    `sms` SMs, each position's tiles a block (two for split rows, key and value) and the rotary key, padded: about one
+    program (row, split) per SM but no split shorter than one tile, and the long tile for long splits; wide rows as
+    they were measured."""
+    row_width = padded(block_dim) * (1 + split_rows) + (padded(rope_dim) if rope_dim else 0)
     if row_width > MEASURED_ROW:
         return max(1, min(math.ceil(2 * sms / rows), positions // 256)), *WIDE_ROW_LAUNCH
     splits = max(1, min(sms // rows, math.ceil(positions / BLOCK_N)))
@@ -98,8 +102,8 @@ def attend(
     q = q.reshape(B * nb, H, width).contiguous()
     if None in (splits, block_n, num_stages):
         sms = torch.cuda.get_device_properties(kv.device).multi_processor_count if kv.is_cuda else 1
-        row_width = padded(block_dim) * (1 + (key_offset != 0)) + (padded(rope_dim) if rope_dim else 0)
-        default_splits, default_block_n, default_stages = default_launch(B * nb, S, sms, row_width)
+        default_splits, default_block_n, default_stages = default_launch(B * nb, S, sms, block_dim, rope_dim,
+                                                                         split_rows=key_offset != 0)
         splits = default_splits if splits is None else splits
         block_n = default_block_n if block_n is None else block_n
         num_stages = default_stages if num_stages is None else num_stages
